@@ -1,0 +1,5 @@
+import sys
+
+from fedalign.cli import main
+
+sys.exit(main())
