@@ -37,11 +37,14 @@ DEFAULTS: dict[str, object] = {
     "granularity": "weight",
     "mask-seed": 0,
     "resample-every": 0,  # >0: a fresh seeded mask every k rounds
+    "mask-exclude": "",  # comma-separated fnmatch patterns kept fully trainable
     "proximal-mu": 0.0,  # used by fedprox (0.01 when left at 0)
-    "server-lr": 0.1,  # eta of FedAdam/FedYogi, server momentum of FedAvgM
+    "server-lr": 0.01,  # eta of FedAdam/FedYogi
+    "server-momentum": 0.9,  # of FedAvgM
     # rounds and participation
     "num-rounds": 5,
     "fraction-train": 1.0,
+    "fraction-evaluate": 0.0,  # federated evaluation; the server evaluates centrally anyway
     "min-nodes": 2,
     "node-wait-timeout": 60.0,  # seconds to wait for min-nodes before failing
     "round-timeout": 600.0,  # seconds to wait for replies in one round
@@ -54,6 +57,7 @@ DEFAULTS: dict[str, object] = {
     "weight-decay": 5e-4,
     "optimizer": "sgd",
     "seed": 0,  # model initialization and client data order
+    "client-test-eval": True,  # clients report their trained model's test accuracy (fusion gap)
     # outputs
     "output-dir": "outputs/flwr-run",
 }
@@ -113,6 +117,8 @@ def validate(config: Mapping[str, object]) -> None:
     if not float(config["alpha"]) > 0:
         raise UsageError(f"alpha={config['alpha']} must be > 0 (e.g. 0.1 for strong skew, 100 for near-IID)")
     check_rho(config["rho"])
+    if not 0 <= float(config["fraction-evaluate"]) <= 1:
+        raise UsageError(f"fraction-evaluate={config['fraction-evaluate']} must be in [0, 1]")
     if not 0 < float(config["fraction-train"]) <= 1:
         raise UsageError(f"fraction-train={config['fraction-train']} must be in (0, 1]")
     if int(config["num-rounds"]) < 1:

@@ -21,7 +21,7 @@ from fedalign.masks import SubspaceMask
 _HANDLES_ATTR = "_fedalign_mask_handles"
 
 
-class _Anchor:
+class Anchor:
     """One parameter's trainable mask and the values its fixed entries keep."""
 
     __slots__ = ("param", "trainable", "values")
@@ -40,6 +40,16 @@ class _Anchor:
             torch.where(self.trainable, self.param, self.values, out=self.param.data)
 
 
+def anchors_for(model: torch.nn.Module, mask: SubspaceMask) -> list[Anchor]:
+    """Anchors for every parameter of `model` that has a fixed entry under `mask`."""
+    mask.check_compatible(model)
+    return [
+        Anchor(p, mask.trainable(n))
+        for n, p in model.named_parameters()
+        if not bool(mask.trainable(n).all())
+    ]
+
+
 def mask_optimizer(
     optimizer: torch.optim.Optimizer, model: torch.nn.Module, mask: SubspaceMask
 ) -> torch.optim.Optimizer:
@@ -49,12 +59,7 @@ def mask_optimizer(
     the starting weights. Attaching a second mask replaces the first.
     """
     remove_mask(optimizer)
-    mask.check_compatible(model)
-    anchors = [
-        _Anchor(p, mask.trainable(n))
-        for n, p in model.named_parameters()
-        if not bool(mask.trainable(n).all())
-    ]
+    anchors = anchors_for(model, mask)
 
     def before_step(_opt, _args, _kwargs):
         for anchor in anchors:

@@ -79,7 +79,7 @@ def train(
                 loss = loss + 0.5 * cfg.proximal_mu * prox
             loss.backward()
             optimizer.step()
-            epoch_loss += float(loss) * len(y)
+            epoch_loss += loss.item() * len(y)
             epoch_n += len(y)
         total, count = total + epoch_loss, count + epoch_n
         if on_epoch is not None:

@@ -1,0 +1,169 @@
+"""The subspace wrapper: any Flower strategy, trained and averaged in a mask's subspace.
+
+FedPFN and FedPNU are this wrapper with a schedule. Per round:
+
+1. `configure_train`: the base strategy samples nodes and builds messages; each
+   message's config gets the round's digest and schedule position, plus the
+   bit-packed mask for nodes that do not hold that digest yet (sent once per
+   node and mask version).
+2. `aggregate_train`: replies whose node lacks the mask are dropped (and the
+   mask re-sent next time); the base strategy aggregates the rest (FedAvg,
+   FedAvgM, FedAdam, FedYogi, FedProx, ...); then every entry fixed in this
+   round is restored to its value in the previous global model, so neither a
+   server optimizer nor a faulty client can move it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedalign.masks import SubspaceMask
+from fedalign.protocol import RoundPosition, is_mask_missing_reply, write_round_config
+from fedalign.strategies.guarded import GuardedStrategy, arrays_to_numpy, numpy_to_arrays
+from fedalign.strategies.schedules import MaskSchedule
+
+
+class SubspaceStrategy(GuardedStrategy):
+    """Wrap `base` so that clients train, and the server averages, in a subspace.
+
+    Parameters
+    ----------
+    base : Strategy
+        Any Flower message-API strategy; its sampling and aggregation are used.
+    model : torch.nn.Module or mapping of parameter name -> shape
+        The architecture the mask is sampled for (parameters only, not buffers).
+    rho : float
+        Fraction of entries FIXED (published default 0.4).
+    seed : int
+        Mask seed; mask version v uses seed + v.
+    schedule : MaskSchedule
+        `fixed` (FedPFN), `alternate` (FedPNU) or `resample`.
+    granularity, include, exclude
+        As in `SubspaceMask.sample`.
+    """
+
+    def __init__(
+        self,
+        base: Strategy,
+        model,
+        rho: float = 0.4,
+        seed: int = 0,
+        schedule: MaskSchedule | str = "fixed",
+        granularity: str = "weight",
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        node_wait_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(base, node_wait_timeout=node_wait_timeout)
+        self.schedule = MaskSchedule(schedule) if isinstance(schedule, str) else schedule
+        self._sample_args = dict(rho=rho, granularity=granularity, include=include, exclude=exclude)
+        self._model_shapes = (
+            {n: tuple(p.shape) for n, p in model.named_parameters()}
+            if isinstance(model, torch.nn.Module)
+            else dict(model)
+        )
+        self.seed = int(seed)
+        self._masks: dict[int, SubspaceMask] = {}
+        self._holders: dict[int, str] = {}  # node id -> digest it holds
+        self.mask_sends: Counter[int] = Counter()  # node id -> times the mask was sent
+        self.mask_bytes_sent = 0
+        self.mask_resends = 0
+        self._round_mask: SubspaceMask | None = None
+
+    # ----------------------------------------------------------------- masks
+    def mask_version(self, version: int) -> SubspaceMask:
+        """The sampled mask M of a schedule version (cached)."""
+        if version not in self._masks:
+            self._masks[version] = SubspaceMask.sample(
+                self._model_shapes, seed=self.seed + version, **self._sample_args
+            )
+        return self._masks[version]
+
+    def round_mask(self, server_round: int) -> SubspaceMask:
+        """The mask a round trains under: M or 1 - M of the scheduled version."""
+        position = self.schedule.position(server_round)
+        mask = self.mask_version(position.version)
+        return mask.complement() if position.complement else mask
+
+    @property
+    def mask(self) -> SubspaceMask:
+        """The initial mask M (round 1's base mask)."""
+        return self.mask_version(0)
+
+    def summary(self) -> None:
+        mask = self.mask
+        log(
+            INFO,
+            "\t├──> subspace: schedule=%s rho=%.2f granularity=%s digest=%s (%d of %d entries fixed)",
+            self.schedule.kind,
+            self._sample_args["rho"],
+            self._sample_args["granularity"],
+            mask.digest[:12],
+            mask.num_fixed,
+            mask.numel,
+        )
+        super().summary()
+
+    # ----------------------------------------------------------------- train
+    def _prepare_train_messages(self, server_round: int, messages: list[Message]) -> list[Message]:
+        position: RoundPosition = self.schedule.position(server_round)
+        base_mask = self.mask_version(position.version)
+        self._round_mask = base_mask.complement() if position.complement else base_mask
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            needs_blob = self._holders.get(node) != base_mask.digest
+            content = RecordDict(dict(msg.content.items()))  # per-node copy
+            config = ConfigRecord(dict(content[self.configrecord_key]))
+            write_round_config(config, base_mask, position, include_blob=needs_blob)
+            content[self.configrecord_key] = config
+            if needs_blob:
+                self.mask_sends[node] += 1
+                self.mask_bytes_sent += base_mask.packed_nbytes
+                self._holders[node] = base_mask.digest
+            out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
+        return out
+
+    def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
+        kept = []
+        for msg in replies:
+            if is_mask_missing_reply(msg):
+                node = msg.metadata.src_node_id
+                self._holders.pop(node, None)  # re-send next time it is sampled
+                self.mask_resends += 1
+                log(INFO, "round %d: node %d lacks the mask; it will be re-sent", server_round, node)
+                continue
+            kept.append(msg)
+        return super()._screen_replies(server_round, kept)
+
+    def _finish_aggregate(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        assert self._round_mask is not None and self._sent is not None
+        restored = self._round_mask.restore_fixed_numpy(arrays_to_numpy(arrays), self._sent)
+        return numpy_to_arrays(restored)
+
+    def aggregate_train(self, server_round: int, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        metrics = MetricRecord(dict(metrics or {}))
+        metrics["mask-sends"] = sum(self.mask_sends.values())
+        metrics["mask-resends"] = self.mask_resends
+        return arrays, metrics
+
+
+class FedPFN(SubspaceStrategy):
+    """FedPFN: every round trains in the same subspace M (partially fixed neurons)."""
+
+    def __init__(self, base: Strategy, model, rho: float = 0.4, seed: int = 0, **kwargs) -> None:
+        super().__init__(base, model, rho=rho, seed=seed, schedule=MaskSchedule("fixed"), **kwargs)
+
+
+class FedPNU(SubspaceStrategy):
+    """FedPNU: rounds alternate between M and 1 - M (partial neuron update)."""
+
+    def __init__(self, base: Strategy, model, rho: float = 0.4, seed: int = 0, **kwargs) -> None:
+        super().__init__(base, model, rho=rho, seed=seed, schedule=MaskSchedule("alternate"), **kwargs)
