@@ -60,6 +60,7 @@ DEFAULTS: dict[str, object] = {
     "client-test-eval": True,  # clients report their trained model's test accuracy (fusion gap)
     # outputs
     "output-dir": "outputs/flwr-run",
+    "save-round-models": False,  # also write round_<r>.pt (global model after each round)
 }
 
 

@@ -233,7 +233,7 @@ class SubspaceMask:
         out = dict(current)
         for name, m in self.tensors.items():
             if name in out:
-                out[name] = np.where(m.numpy(), out[name], reference[name]).astype(out[name].dtype)
+                out[name] = np.where(m.numpy(), out[name], reference[name]).astype(reference[name].dtype)
         return out
 
 

@@ -23,6 +23,8 @@ MASK_COMPLEMENT = "fedalign-complement"  # bool, schedule position: train in 1 -
 MASK_VERSION = "fedalign-mask-version"  # int, schedule position: which sampled mask
 STATE_KEY = "fedalign-mask"  # ConfigRecord in Context.state holding the node's mask
 MASK_MISSING = "fedalign:mask-missing"  # prefix of the error reason a node replies with
+REPLY_RECORD = "fedalign"  # ConfigRecord in a train reply: what the node trained under
+REPLY_DIGEST = "trained-mask-digest"  # digest of the round mask (M or 1 - M) actually used
 
 
 class MaskMissingError(RuntimeError):
@@ -88,6 +90,16 @@ def receive_round_mask(
 def _decode(blob: bytes) -> SubspaceMask:
     # A node decodes the same mask every round; keep the last few.
     return SubspaceMask.from_bytes(blob)
+
+
+def reply_record(mask: SubspaceMask) -> ConfigRecord:
+    """Echo of the subspace a node trained in, checked by the server."""
+    return ConfigRecord({REPLY_DIGEST: mask.digest})
+
+
+def trained_digest(msg: Message) -> str | None:
+    record = msg.content.config_records.get(REPLY_RECORD)
+    return None if record is None else str(record[REPLY_DIGEST])
 
 
 def is_mask_missing_reply(msg: Message) -> bool:

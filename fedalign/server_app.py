@@ -56,8 +56,11 @@ def run_server(
     clock = {"last": time.perf_counter()}
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        state = arrays.to_torch_state_dict()
+        model.load_state_dict(state)
         loss, accuracy = evaluate(model, test_loader)
+        if config["save-round-models"]:
+            atomic_write_bytes(out_dir / f"round_{server_round}.pt", _torch_bytes(state))
         now = time.perf_counter()
         row = {"round": server_round, "accuracy": accuracy, "loss": loss, "seconds": now - clock["last"]}
         clock["last"] = now
@@ -100,6 +103,7 @@ def run_server(
             "sends_per_node": {str(k): v for k, v in sorted(strategy.mask_sends.items())},
             "resends": strategy.mask_resends,
             "bytes_sent": strategy.mask_bytes_sent,
+            "nodes": {str(k): v for k, v in sorted(strategy.node_log.items())},
         }
         atomic_write_bytes(out_dir / "mask.bin", mask.to_bytes())
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)

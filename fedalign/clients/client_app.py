@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, Subset
 
 from fedalign.config import resolve
-from fedalign.protocol import MaskMissingError, receive_round_mask
+from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
 from fedalign.run_setup import model_for, partitions_for, splits_for
 from fedalign.training import TrainConfig, evaluate, seeded_loader, train
 
@@ -83,6 +83,8 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
     if config["client-test-eval"]:
         _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    if mask is not None:
+        content[REPLY_RECORD] = reply_record(mask)
     return Message(content=content, reply_to=msg)
 
 

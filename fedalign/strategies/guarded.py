@@ -112,7 +112,7 @@ class GuardedStrategy(Strategy):
         accepted = self._screen_replies(server_round, replies)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
         if arrays is not None:
-            arrays = self._finish_aggregate(server_round, arrays)
+            arrays = self._finish_aggregate(server_round, self._keep_dtypes(arrays))
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
         return arrays, metrics
@@ -153,6 +153,17 @@ class GuardedStrategy(Strategy):
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 return f"non-finite values in {key!r}"
         return None
+
+    def _keep_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Server optimizers (FedAdam, FedYogi) compute in float64; keep the model's dtypes."""
+        if self._sent is None:
+            return arrays
+        values = arrays_to_numpy(arrays)
+        if all(values[k].dtype == self._sent[k].dtype for k in values if k in self._sent):
+            return arrays
+        return numpy_to_arrays(
+            {k: v.astype(self._sent[k].dtype) if k in self._sent else v for k, v in values.items()}
+        )
 
     def _finish_aggregate(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Hook: post-process the base strategy's aggregate (default: unchanged)."""

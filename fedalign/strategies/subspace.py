@@ -24,7 +24,12 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedalign.masks import SubspaceMask
-from fedalign.protocol import RoundPosition, is_mask_missing_reply, write_round_config
+from fedalign.protocol import (
+    RoundPosition,
+    is_mask_missing_reply,
+    trained_digest,
+    write_round_config,
+)
 from fedalign.strategies.guarded import GuardedStrategy, arrays_to_numpy, numpy_to_arrays
 from fedalign.strategies.schedules import MaskSchedule
 
@@ -75,6 +80,8 @@ class SubspaceStrategy(GuardedStrategy):
         self.mask_bytes_sent = 0
         self.mask_resends = 0
         self._round_mask: SubspaceMask | None = None
+        self._current_round = 0
+        self.node_log: dict[int, dict] = {}  # node id -> first round, verified rounds
 
     # ----------------------------------------------------------------- masks
     def mask_version(self, version: int) -> SubspaceMask:
@@ -112,6 +119,7 @@ class SubspaceStrategy(GuardedStrategy):
 
     # ----------------------------------------------------------------- train
     def _prepare_train_messages(self, server_round: int, messages: list[Message]) -> list[Message]:
+        self._current_round = server_round
         position: RoundPosition = self.schedule.position(server_round)
         base_mask = self.mask_version(position.version)
         self._round_mask = base_mask.complement() if position.complement else base_mask
@@ -123,6 +131,7 @@ class SubspaceStrategy(GuardedStrategy):
             config = ConfigRecord(dict(content[self.configrecord_key]))
             write_round_config(config, base_mask, position, include_blob=needs_blob)
             content[self.configrecord_key] = config
+            self.node_log.setdefault(node, {"verified_rounds": []}).setdefault("first_round", server_round)
             if needs_blob:
                 self.mask_sends[node] += 1
                 self.mask_bytes_sent += base_mask.packed_nbytes
@@ -141,6 +150,26 @@ class SubspaceStrategy(GuardedStrategy):
                 continue
             kept.append(msg)
         return super()._screen_replies(server_round, kept)
+
+    def _reply_problem(self, msg: Message) -> str | None:
+        """Beyond shape/NaN checks: the reply must come from the round's subspace."""
+        problem = super()._reply_problem(msg)
+        if problem:
+            return problem
+        mask, sent = self._round_mask, self._sent
+        assert mask is not None and sent is not None
+        digest = trained_digest(msg)
+        if digest is not None and digest != mask.digest:
+            return f"trained under mask {digest[:12]}, round mask is {mask.digest[:12]}"
+        values = arrays_to_numpy(next(iter(msg.content.array_records.values())))
+        for name, trainable in mask.tensors.items():
+            fixed = ~trainable.numpy()
+            if values[name][fixed].tobytes() != sent[name][fixed].tobytes():
+                return f"fixed entries of {name!r} moved: trained outside the subspace"
+        entry = self.node_log.setdefault(msg.metadata.src_node_id, {"verified_rounds": []})
+        entry["verified_rounds"].append(self._current_round)
+        entry["digest_echoed"] = digest is not None
+        return None
 
     def _finish_aggregate(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         assert self._round_mask is not None and self._sent is not None

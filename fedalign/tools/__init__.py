@@ -1,0 +1,1 @@
+"""Operational helpers (process management for Flower's local SuperLink)."""

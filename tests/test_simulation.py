@@ -1,0 +1,79 @@
+"""FedPFN / FedPNU in Flower's real Simulation Runtime (Ray backend)."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fedalign.masks import SubspaceMask, fixed_entries_equal
+from fedalign.simulation import simulate
+from fedalign.strategies import NotEnoughNodesError
+
+pytestmark = pytest.mark.slow
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_fedpfn_ten_nodes_half_participation(tmp_path, flwr_env):
+    """5 rounds, 10 nodes, fraction 0.5: fixed entries exact; mask sent once per node."""
+    out = tmp_path / "run"
+    record = simulate(
+        {"strategy": "fedpfn", "num-rounds": 5, "fraction-train": 0.5, "min-nodes": 5,
+         "alpha": 0.5, "output-dir": str(out)},
+        num_supernodes=10,
+    )
+    mask = SubspaceMask.from_bytes((out / "mask.bin").read_bytes())
+    assert mask.digest == record["mask"]["digest"]
+    assert abs(mask.fixed_fraction - 0.4) < 0.01
+    initial, final = load(out / "initial_model.pt"), load(out / "final_model.pt")
+    assert fixed_entries_equal(mask, initial, final)
+    trainable_moved = [(final[n] != initial[n])[m].float().mean() for n, m in mask.tensors.items()]
+    assert min(trainable_moved) > 0.9
+
+    nodes = record["mask"]["nodes"]
+    sends = record["mask"]["sends_per_node"]
+    assert set(sends) == set(nodes)  # every node that was sampled got the mask ...
+    assert set(sends.values()) == {1}  # ... exactly once
+    assert record["mask"]["bytes_sent"] == len(sends) * mask.packed_nbytes
+    late = [n for n, info in nodes.items() if info["first_round"] > 1]
+    assert late, "with 5 of 10 nodes per round some node joins after round 1"
+    for info in nodes.values():  # each reply's digest and fixed entries were checked
+        assert info["digest_echoed"]
+        assert info["verified_rounds"][0] == info["first_round"]
+    assert sum(len(info["verified_rounds"]) for info in nodes.values()) == 5 * 5
+    assert record["rejected_replies"] == 0
+    accuracies = [r["accuracy"] for r in record["rounds"]]
+    assert accuracies[-1] > accuracies[0] + 0.3  # it learns (digits, MLP)
+
+
+def test_fedpnu_alternates_and_updates_every_entry(tmp_path, flwr_env):
+    out = tmp_path / "run"
+    record = simulate(
+        {"strategy": "fedpnu", "num-rounds": 5, "min-nodes": 4, "save-round-models": True,
+         "output-dir": str(out)},
+        num_supernodes=4,
+    )
+    mask = SubspaceMask.from_bytes((out / "mask.bin").read_bytes())
+    states = [load(out / "initial_model.pt")] + [load(out / f"round_{r}.pt") for r in range(1, 6)]
+    changed = {n: torch.zeros_like(m) for n, m in mask.tensors.items()}
+    for r in range(1, 6):
+        round_mask = mask if r % 2 == 1 else mask.complement()
+        assert fixed_entries_equal(round_mask, states[r - 1], states[r]), f"round {r} moved fixed entries"
+        for n in changed:
+            changed[n] |= states[r][n] != states[r - 1][n]
+    assert all(bool(c.all()) for c in changed.values()), "some entry never changed"
+    assert set(record["mask"]["sends_per_node"].values()) == {1}
+
+
+def test_too_few_nodes_gives_a_clear_error_in_bounded_time(tmp_path, flwr_env):
+    started = time.monotonic()
+    with pytest.raises(NotEnoughNodesError, match="only 2 of the 4 nodes"):
+        simulate(
+            {"num-rounds": 1, "min-nodes": 4, "node-wait-timeout": 2.0, "output-dir": str(tmp_path)},
+            num_supernodes=2,
+        )
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "metrics.json").exists()
