@@ -84,7 +84,9 @@ def heatmap_png(hist: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     ax.set_ylabel("client")
     ax.set_title(title)
     if n_classes <= 30:
-        ax.set_xticks(range(n_classes), [str(c) for c in classes], rotation=90 if n_classes > 10 else 0)
+        names = [str(c) for c in classes]
+        slanted = n_classes * max(map(len, names), default=1) > 40  # long names would overlap
+        ax.set_xticks(range(n_classes), names, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     if n_clients <= 50:
         ax.set_yticks(range(n_clients))
     if n_clients * n_classes <= 1000:
