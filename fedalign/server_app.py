@@ -31,8 +31,9 @@ from fedalign.training import evaluate
 RoundCallback = Callable[[dict], None]
 ROUND_FIELDS = (
     "round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap",
-    "rejected-replies", "mask-sends", "seconds",
+    "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds", "seconds",
 )
+TRAIN_METRICS = ("train-loss", "client-test-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds")
 
 
 def _torch_bytes(obj) -> bytes:
@@ -80,7 +81,7 @@ def run_server(
     )
     for row in rounds:
         train_metrics = result.train_metrics_clientapp.get(row["round"], {})
-        for key in ("train-loss", "client-test-accuracy", "rejected-replies", "mask-sends"):
+        for key in TRAIN_METRICS:
             if key in train_metrics:
                 row[key] = float(train_metrics[key])
         if "client-test-accuracy" in row:

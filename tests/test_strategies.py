@@ -255,3 +255,29 @@ def test_client_side_protocol_stores_the_mask_and_detects_stale_digests():
     fresh = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(MaskMissingError):
         receive_round_mask(second, fresh)
+
+
+def test_weight_matching_baseline_undoes_a_permuted_client():
+    """A client returning the global model with hidden units permuted is matched back."""
+    from fedalign.matching import apply_permutation, random_permutation, spec_for
+    from fedalign.strategies.matched import WeightMatchedStrategy
+
+    model, arrays = model_and_arrays()
+    spec = spec_for(model)
+    state = model.state_dict()
+    perm = random_permutation(spec, state, seed=5)
+    permuted = apply_permutation(spec, perm, state)
+    assert not torch.equal(permuted["features.1.weight"], state["features.1.weight"])
+    grid = StubGrid([1, 2])
+
+    def replies(m):
+        if m.metadata.dst_node_id == 1:
+            return client_reply(m, {k: v.numpy() for k, v in permuted.items()})
+        return client_reply(m, {k: v.numpy() for k, v in state.items()})
+
+    _, plain_out, _ = run_round(GuardedStrategy(FedAvg()), 1, arrays, grid, replies)
+    assert not np.allclose(plain_out["features.1.weight"].numpy(), state["features.1.weight"].numpy())
+    _, out, metrics = run_round(WeightMatchedStrategy(FedAvg(), model), 1, arrays, grid, replies)
+    for k, v in state.items():
+        np.testing.assert_allclose(out[k].numpy(), v.numpy(), atol=1e-6)
+    assert metrics["wm-iterations"] >= 2 and metrics["wm-seconds"] > 0
