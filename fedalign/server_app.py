@@ -31,7 +31,7 @@ from fedalign.training import evaluate
 RoundCallback = Callable[[dict], None]
 ROUND_FIELDS = (
     "round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap",
-    "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds", "seconds",
+    "eval-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds", "seconds",
 )
 TRAIN_METRICS = ("train-loss", "client-test-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds")
 
@@ -84,6 +84,10 @@ def run_server(
         for key in TRAIN_METRICS:
             if key in train_metrics:
                 row[key] = float(train_metrics[key])
+        evaluate_metrics = result.evaluate_metrics_clientapp.get(row["round"], {})
+        for key in ("eval-accuracy", "eval-loss"):
+            if key in evaluate_metrics:
+                row[key] = float(evaluate_metrics[key])
         if "client-test-accuracy" in row:
             row["fusion-gap"] = row["client-test-accuracy"] - row["accuracy"]
 

@@ -53,7 +53,7 @@ def test_fedpnu_alternates_and_updates_every_entry(tmp_path, flwr_env):
     out = tmp_path / "run"
     record = simulate(
         {"strategy": "fedpnu", "num-rounds": 5, "min-nodes": 4, "save-round-models": True,
-         "output-dir": str(out)},
+         "fraction-evaluate": 1.0, "output-dir": str(out)},
         num_supernodes=4,
     )
     mask = SubspaceMask.from_bytes((out / "mask.bin").read_bytes())
@@ -66,6 +66,9 @@ def test_fedpnu_alternates_and_updates_every_entry(tmp_path, flwr_env):
             changed[n] |= states[r][n] != states[r - 1][n]
     assert all(bool(c.all()) for c in changed.values()), "some entry never changed"
     assert set(record["mask"]["sends_per_node"].values()) == {1}
+    # the ClientApp's evaluate handler ran on every node's share of the test split
+    for row in record["rounds"][1:]:
+        assert abs(row["eval-accuracy"] - row["accuracy"]) < 0.05
 
 
 def test_too_few_nodes_gives_a_clear_error_in_bounded_time(tmp_path, flwr_env):

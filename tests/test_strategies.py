@@ -281,3 +281,23 @@ def test_weight_matching_baseline_undoes_a_permuted_client():
     for k, v in state.items():
         np.testing.assert_allclose(out[k].numpy(), v.numpy(), atol=1e-6)
     assert metrics["wm-iterations"] >= 2 and metrics["wm-seconds"] > 0
+
+
+def test_resample_schedule_sends_a_fresh_mask_every_k_rounds():
+    from fedalign.strategies import MaskSchedule, SubspaceStrategy
+
+    model, arrays = model_and_arrays()
+    strategy = SubspaceStrategy(FedAvg(), model, schedule=MaskSchedule("resample", every=2))
+    grid = StubGrid([1, 2])
+    digests = []
+    for server_round in range(1, 6):
+        round_mask = strategy.round_mask(server_round)
+        messages, arrays, _ = run_round(
+            strategy, server_round, arrays, grid,
+            lambda m, rm=round_mask: client_reply(m, honest_update(m, rm), mask=rm),
+        )
+        config = messages[0].content["config"]
+        digests.append(config[MASK_DIGEST])
+        assert (MASK_BLOB in config) == (server_round in (1, 3, 5))
+    assert digests[0] == digests[1] != digests[2] == digests[3] != digests[4]
+    assert dict(strategy.mask_sends) == {1: 3, 2: 3}
