@@ -35,13 +35,17 @@ def simulate(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Joining an existing Ray cluster (RAY_ADDRESS) must not declare local resources.
+    init_args = {} if os.environ.get("RAY_ADDRESS") else {
+        "num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
+    }
     run_simulation(
         server_app=build_server_app(config, on_round=on_round),
         client_app=build_client_app(config),
         num_supernodes=int(num_supernodes),
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-            "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},
+            "init_args": init_args,
         },
     )
     record_path = Path(str(config["output-dir"])).expanduser().resolve() / "metrics.json"
