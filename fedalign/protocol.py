@@ -25,6 +25,7 @@ STATE_KEY = "fedalign-mask"  # ConfigRecord in Context.state holding the node's 
 MASK_MISSING = "fedalign:mask-missing"  # prefix of the error reason a node replies with
 REPLY_RECORD = "fedalign"  # ConfigRecord in a train reply: what the node trained under
 REPLY_DIGEST = "trained-mask-digest"  # digest of the round mask (M or 1 - M) actually used
+REPLY_PARTITION = "partition-id"  # lets the server sum replies in a fixed order
 
 
 class MaskMissingError(RuntimeError):
@@ -92,14 +93,36 @@ def _decode(blob: bytes) -> SubspaceMask:
     return SubspaceMask.from_bytes(blob)
 
 
-def reply_record(mask: SubspaceMask) -> ConfigRecord:
-    """Echo of the subspace a node trained in, checked by the server."""
-    return ConfigRecord({REPLY_DIGEST: mask.digest})
+def reply_record(mask: SubspaceMask | None, partition_id: int | None = None) -> ConfigRecord:
+    """What a node trained: the subspace (checked by the server) and its partition."""
+    record = ConfigRecord()
+    if mask is not None:
+        record[REPLY_DIGEST] = mask.digest
+    if partition_id is not None:
+        record[REPLY_PARTITION] = int(partition_id)
+    return record
+
+
+def _reply_field(msg: Message, key: str):
+    record = msg.content.config_records.get(REPLY_RECORD)
+    return None if record is None or key not in record else record[key]
 
 
 def trained_digest(msg: Message) -> str | None:
-    record = msg.content.config_records.get(REPLY_RECORD)
-    return None if record is None else str(record[REPLY_DIGEST])
+    value = _reply_field(msg, REPLY_DIGEST)
+    return None if value is None else str(value)
+
+
+def reply_order_key(msg: Message) -> tuple[int, int]:
+    """Sort key making the server's float sums independent of arrival order.
+
+    Replies that name their partition sort by it (stable across runs); others
+    by node id (stable within a run).
+    """
+    if msg.has_error():
+        return (2, int(msg.metadata.src_node_id))
+    partition = _reply_field(msg, REPLY_PARTITION)
+    return (0, int(partition)) if partition is not None else (1, int(msg.metadata.src_node_id))
 
 
 def is_mask_missing_reply(msg: Message) -> bool:

@@ -301,3 +301,28 @@ def test_resample_schedule_sends_a_fresh_mask_every_k_rounds():
         assert (MASK_BLOB in config) == (server_round in (1, 3, 5))
     assert digests[0] == digests[1] != digests[2] == digests[3] != digests[4]
     assert dict(strategy.mask_sends) == {1: 3, 2: 3}
+
+
+def test_replies_are_averaged_in_partition_order_whatever_their_arrival():
+    """Float sums depend on order; sorting by partition makes seeded runs reproducible."""
+    from fedalign.protocol import REPLY_RECORD
+
+    model, arrays = model_and_arrays()
+    rng = np.random.default_rng(0)
+    updates = {
+        node: {k: (v.numpy() + rng.normal(0, 1, v.numpy().shape)).astype(np.float32) for k, v in arrays.items()}
+        for node in (1, 2, 3, 4)
+    }
+    outs = []
+    for order in ([1, 2, 3, 4], [4, 2, 1, 3]):
+        strategy = GuardedStrategy(FedAvg())
+        messages = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, arrays, ConfigRecord({}), StubGrid(order))}
+        replies = []
+        for node in order:
+            reply = client_reply(messages[node], updates[node], num_examples=7 * node)
+            reply.content[REPLY_RECORD] = reply_record(None, partition_id=10 - node)
+            replies.append(reply)
+        out, _ = strategy.aggregate_train(1, replies)
+        outs.append({k: v.numpy() for k, v in out.items()})
+    for k in outs[0]:
+        assert outs[0][k].tobytes() == outs[1][k].tobytes()

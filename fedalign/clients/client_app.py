@@ -83,8 +83,7 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
     if config["client-test-eval"]:
         _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
-    if mask is not None:
-        content[REPLY_RECORD] = reply_record(mask)
+    content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
     return Message(content=content, reply_to=msg)
 
 

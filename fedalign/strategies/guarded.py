@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedalign.errors import UsageError
+from fedalign.protocol import reply_order_key
 
 
 class NotEnoughNodesError(UsageError):
@@ -118,7 +119,11 @@ class GuardedStrategy(Strategy):
         return arrays, metrics
 
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
-        """Drop replies that must not be averaged; errors pass to the base's log."""
+        """Drop replies that must not be averaged; errors pass to the base's log.
+
+        Accepted replies are put in a fixed order: float sums then do not
+        depend on which client finished first, so a seeded run is reproducible.
+        """
         accepted = []
         for msg in replies:
             if msg.has_error():
@@ -136,7 +141,7 @@ class GuardedStrategy(Strategy):
                 )
                 continue
             accepted.append(msg)
-        return accepted
+        return sorted(accepted, key=reply_order_key)
 
     def _reply_problem(self, msg: Message) -> str | None:
         records = [r for r in msg.content.array_records.values()]
