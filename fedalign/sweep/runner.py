@@ -1,0 +1,266 @@
+"""Run the missing cells of a sweep, one child process each, with a live progress line.
+
+The parent never imports Flower or Ray: each cell is `python -m
+fedalign.sweep.cell` in a fresh process, which reports its rounds back over a
+pipe. SIGTERM/Ctrl-C stop the running child (by its PID) and leave every
+finished record in place; the next run deletes the interrupted cell's
+directory and runs it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TextIO
+
+from fedalign.sweep import records
+from fedalign.sweep.spec import Cell, cells_of, select
+
+
+class CellFailed(RuntimeError):
+    """A cell's child process ended without writing its record."""
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """'cells 3/9 | cell alpha=0.1 fedpfn seed=0 round 4/10 | ETA 2m10s' on stderr.
+
+    On a terminal the line is rewritten in place; otherwise each update is a
+    line of its own (logs, CI). The ETA uses the wall time of cells finished in
+    this run, or before the first one finishes, the current cell's pace.
+    """
+
+    def __init__(self, total: int, done: int, rounds: int, stream: TextIO) -> None:
+        self.total, self.done, self.rounds, self.stream = total, done, rounds, stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.walls: list[float] = []
+        self.cell: Cell | None = None
+        self.cell_start = 0.0
+        self.first_round_at: float | None = None
+        self.round, self.round_at = 0, 0.0
+
+    def _write(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        self._write(text, final=True)
+
+    def start(self, cell: Cell) -> None:
+        self.cell, self.cell_start = cell, time.perf_counter()
+        self.first_round_at, self.round = None, 0
+        self._write(self.line("starting"), final=False)
+
+    def on_round(self, number: int) -> None:
+        now = time.perf_counter() - self.cell_start
+        if number == 1:
+            self.first_round_at = now
+        self.round, self.round_at = number, now
+        self._write(self.line(f"round {number}/{self.rounds}"), final=False)
+
+    def finish(self, wall: float) -> None:
+        self.walls.append(wall)
+        self.done += 1
+
+    def cell_estimate(self) -> float | None:
+        if self.walls:
+            return statistics.mean(self.walls)
+        if self.first_round_at is None or self.round < 2:
+            return None
+        pace = (self.round_at - self.first_round_at) / (self.round - 1)
+        return self.first_round_at + pace * (self.rounds - 1)
+
+    def eta(self, running: bool = True) -> str:
+        """Time left: the rest of the running cell (if any) plus the cells after it."""
+        if self.done >= self.total:
+            return "all done"
+        estimate = self.cell_estimate()
+        if estimate is None:
+            return "ETA ?"
+        if not running:
+            return f"ETA {format_duration(estimate * (self.total - self.done))}"
+        elapsed = time.perf_counter() - self.cell_start
+        after = self.total - self.done - 1
+        return f"ETA {format_duration(max(0.0, estimate - elapsed) + estimate * after)}"
+
+    def line(self, where: str) -> str:
+        return f"cells {self.done}/{self.total} | cell {self.cell.label} {where} | {self.eta()}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the running child is stopped and reported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def child_env(out: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str((Path(out) / ".flwr").resolve()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    })  # fmt: skip
+    return env
+
+
+def child_command(directory: Path, progress_fd: int) -> list[str]:
+    return [sys.executable, "-m", "fedalign.sweep.cell", str(directory), "--progress-fd", str(progress_fd)]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it if the sweep dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop our own child by PID: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _last_error_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def run_cell(out: Path, cell: Cell, job: Mapping[str, object], progress: Progress) -> dict:
+    """Run `cell` in a child process; return its record (read back from record.json)."""
+    directory = records.cell_dir(out, cell)
+    records.write_job(out, cell, job)
+    log_path = directory / records.LOG_FILE
+    read_fd, write_fd = os.pipe()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            child_command(directory, write_fd),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,), env=child_env(out), preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as events:
+            for line in events:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("event") == "round":
+                    progress.on_round(int(event["round"]))
+        code = proc.wait()
+    finally:
+        _stop(proc)
+    record_path = directory / records.RECORD_FILE
+    if code != 0 or not record_path.exists():
+        raise CellFailed(
+            f"cell {cell.label} failed (exit code {code}): {_last_error_line(log_path)}; "
+            f"full log: {log_path}; the next run retries it"
+        )
+    return records.load_record(out, cell)
+
+
+def job_for(out: Path, spec: Mapping[str, object], cell: Cell) -> dict:
+    run_config = {**cell.run_config, "output-dir": str(records.cell_dir(out, cell).resolve())}
+    return {
+        "cell": cell.to_dict(),
+        "sweep": {"name": spec["name"], "out": str(Path(out).resolve())},
+        "run_config": run_config,
+        "num_supernodes": int(spec["clients"]),
+        "client_cpus": float(spec["client-cpus"]),
+    }
+
+
+def status(out: Path, spec: Mapping[str, object], cells: list[Cell]) -> dict[str, dict | None]:
+    """Finished record (or None) of every cell; nothing is written."""
+    if records.check_compatible(out, spec) is None:
+        return {c.id: None for c in cells}
+    return {c.id: records.load_record(out, c) for c in cells}
+
+
+def run_sweep(
+    spec: Mapping[str, object],
+    out: Path,
+    filters: Mapping[str, set[str]] | None = None,
+    spec_file: str | None = None,
+    stream: TextIO = sys.stderr,
+) -> dict:
+    """Run every selected cell that has no record yet; return counts and timings."""
+    out = Path(out)
+    every = cells_of(spec)
+    cells = select(every, filters or {})
+    records.prepare(out, spec, every, spec_file)
+    finished = status(out, spec, cells)
+    todo = [c for c in cells if finished[c.id] is None]
+    progress = Progress(len(cells), len(cells) - len(todo), int(spec["rounds"]), stream)
+    if len(todo) < len(cells):
+        progress.say(f"{len(cells) - len(todo)} of {len(cells)} cells already finished in {out}; running {len(todo)}")
+    started = time.perf_counter()
+    overheads: list[float] = []
+    with _sigterm_as_interrupt():
+        for cell in todo:
+            if records.clean_partial(out, cell):
+                progress.say(f"cell {cell.label}: removed its interrupted run; running it again")
+            progress.start(cell)
+            t0 = time.perf_counter()
+            record = run_cell(out, cell, job_for(out, spec, cell), progress)
+            wall = time.perf_counter() - t0
+            progress.finish(wall)
+            overheads.append(wall - record["timing"]["process_seconds"] + record["timing"]["overhead_seconds"])
+            progress.say(
+                f"cells {progress.done}/{progress.total} | cell {cell.label} done: accuracy "
+                f"{record['final_accuracy']:.4f} after {len(record['rounds']) - 1} rounds in "
+                f"{format_duration(wall)} (startup/teardown {overheads[-1]:.0f}s) | {progress.eta(running=False)}"
+            )
+    return {
+        "cells": len(cells),
+        "ran": len(todo),
+        "skipped": len(cells) - len(todo),
+        "seconds": time.perf_counter() - started,
+        "overhead_seconds": overheads,
+    }
