@@ -216,24 +216,22 @@ class SubspaceMask:
         return hash(self.digest)
 
     # ----------------------------------------------------------------- apply
-    def restore_fixed(
-        self, current: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Return `current` with every fixed entry copied from `reference` (exactly)."""
-        out = dict(current)
-        for name, m in self.tensors.items():
-            if name in out:
-                out[name] = torch.where(m, out[name], reference[name])
-        return out
+    def restore_fixed(self, current: Mapping[str, object], reference: Mapping[str, object]) -> dict:
+        """`current` with every fixed entry copied exactly from `reference`.
 
-    def restore_fixed_numpy(
-        self, current: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """NumPy twin of `restore_fixed` for Flower ArrayRecords on the server."""
+        Works on torch state dicts and on NumPy dicts (Flower ArrayRecords on
+        the server); the result keeps the reference's dtype.
+        """
         out = dict(current)
         for name, m in self.tensors.items():
-            if name in out:
-                out[name] = np.where(m.numpy(), out[name], reference[name]).astype(reference[name].dtype)
+            if name not in out:
+                continue
+            if isinstance(out[name], torch.Tensor):
+                ref = torch.as_tensor(reference[name])
+                out[name] = torch.where(m.to(ref.device), out[name], ref).to(ref.dtype)
+            else:
+                ref = np.asarray(reference[name])
+                out[name] = np.where(m.numpy(), out[name], ref).astype(ref.dtype)
         return out
 
 

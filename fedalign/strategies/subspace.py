@@ -173,7 +173,7 @@ class SubspaceStrategy(GuardedStrategy):
 
     def _finish_aggregate(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         assert self._round_mask is not None and self._sent is not None
-        restored = self._round_mask.restore_fixed_numpy(arrays_to_numpy(arrays), self._sent)
+        restored = self._round_mask.restore_fixed(arrays_to_numpy(arrays), self._sent)
         return numpy_to_arrays(restored)
 
     def aggregate_train(self, server_round: int, replies):
