@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def local_superlink(tmp_path_factory):
     port = free_port()
     env = dict(
         os.environ,
+        # `flwr` and the `flower-superlink` it starts come from this interpreter's venv
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         FLWR_HOME=str(home),
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port),
         FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
