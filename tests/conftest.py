@@ -1,20 +1,15 @@
 """Shared test set-up: one CPU thread per test process, Flower kept local and quiet."""
 
 import os
-import socket
 
 import pytest
 import torch
 
+from fedalign.deploy.localhost import free_port
+
 torch.set_num_threads(1)
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

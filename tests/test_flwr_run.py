@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedalign.deploy.localhost import free_port
 from fedalign.masks import SubspaceMask, fixed_entries_equal
 from fedalign.tools.local_superlink import listener_pid, stop
 
@@ -25,8 +26,6 @@ QUICKSTART = Path(__file__).resolve().parent / "quickstart_app"
 @pytest.fixture(scope="module")
 def local_superlink(tmp_path_factory):
     """Env for `flwr run` with its own FLWR_HOME and ports; stops the SuperLink after."""
-    from tests.conftest import free_port
-
     home = tmp_path_factory.mktemp("flwr_home")
     port = free_port()
     env = dict(

@@ -60,10 +60,6 @@ class GuardedStrategy(Strategy):
         return getattr(self.base, name)
 
     @property
-    def arrayrecord_key(self) -> str:
-        return getattr(self.base, "arrayrecord_key", "arrays")
-
-    @property
     def configrecord_key(self) -> str:
         return getattr(self.base, "configrecord_key", "config")
 
