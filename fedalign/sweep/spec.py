@@ -64,7 +64,7 @@ CONTROLLED = ("alpha", "seed", "strategy", "num-rounds", "fraction-train", "outp
 # Keys a strategy entry may set (the rest of a cell comes from the top level).
 STRATEGY_KEYS = (
     "name", "strategy", "base-strategy", "rho", "granularity", "mask-seed", "resample-every",
-    "mask-exclude", "proximal-mu", "server-lr", "server-momentum",
+    "mask-exclude", "proximal-mu", "server-lr", "server-momentum", "scaffold-server-lr",
 )  # fmt: skip
 SUBSPACE = ("fedpfn", "fedpnu")
 # strategy-entry key -> (applies when, what to say otherwise)
@@ -86,6 +86,10 @@ _APPLIES = {
     "server-momentum": (
         lambda s: s.get("base-strategy") == "fedavgm",
         "server-momentum applies to base-strategy fedavgm",
+    ),
+    "scaffold-server-lr": (
+        lambda s: "scaffold" in (s["strategy"], s.get("base-strategy")),
+        "scaffold-server-lr applies to scaffold (or base-strategy scaffold)",
     ),
 }
 
