@@ -279,3 +279,26 @@ def test_fedpfn_over_scaffold_in_the_simulation_runtime(tmp_path, flwr_env):
     for name, trainable in mask.tensors.items():
         assert not control[name][~trainable].any(), name
     assert any(bool(control[n][mask.tensors[n]].any()) for n in control)
+
+
+def test_client_update_uses_the_rounds_decayed_lr_and_the_steps_taken():
+    """c_i+ = c_i - c + (x - y) / (K lr_r): round 3 with lr-decay 0.5 has lr_r = lr / 4."""
+    config = resolve({**BASE, "strategy": "scaffold", "lr-decay": 0.5, "local-epochs": 2, "min-nodes": 1})
+    model = model_for(config)
+    strategy = build_strategy(config, model)
+    strategy.node_wait_timeout = 1
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 1},
+                      state=RecordDict(), run_config={})  # fmt: skip
+    x = ArrayRecord(model.state_dict())
+    msg = list(strategy.configure_train(3, x, ConfigRecord({"lr": 0.1}), StubGrid([1])))[0]
+    reply = train_handler(msg, context, config)
+    y = reply.content["arrays"].to_torch_state_dict()
+    c_i = context.state[client_scaffold.STATE_KEY].to_torch_state_dict()
+    steps = 2 * -(-300 // 32)  # epochs x ceil(300 / batch 32)
+    lr_round = 0.1 * 0.5**2
+    sent = x.to_torch_state_dict()
+    for name, _ in model.named_parameters():
+        expected = (sent[name] - y[name]) / (steps * lr_round)  # c = c_i = 0 before the round
+        torch.testing.assert_close(c_i[name], expected, rtol=1e-5, atol=1e-6)
+        dc = reply.content[DELTA_KEY][name].numpy()
+        np.testing.assert_array_equal(dc, c_i[name].numpy())

@@ -8,7 +8,9 @@ steps with the round's learning rate lr:
 
     c_i+ = c_i - c + (x - y) / (K * lr),   dc_i = c_i+ - c_i
 
-The node keeps c_i in its `Context.state` (record `scaffold-ci`, zeros at
+(x - y) / (K * lr) is option II's estimate of the average local gradient; it
+assumes plain SGD steps (with momentum it is the usual approximation, with
+Adam/AdamW it has no such meaning). The node keeps c_i in its `Context.state` (record `scaffold-ci`, zeros at
 start) and replies with its model y and dc_i (record `scaffold-dc`).
 
 Under a subspace mask, dc_i is zero on the round's fixed entries (*our
