@@ -242,8 +242,9 @@ def test_subspace_wrapper_rejects_a_control_delta_on_fixed_entries():
 
     good = np.where(fixed, 0.0, 0.3).astype(np.float32)
     bad = np.where(fixed, 0.3, 0.0).astype(np.float32)
+    nan = np.where(fixed, 0.0, np.nan).astype(np.float32)
     for server_round, (dc, with_delta, rejected) in enumerate(
-        [(good, True, 0), (bad, True, 1), (good, False, 2)], start=1
+        [(good, True, 0), (bad, True, 1), (good, False, 2), (nan, True, 3), (good[:10], True, 4)], start=1
     ):
         msg = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), StubGrid([1])))[0]
         _, metrics = strategy.aggregate_train(server_round, [reply(msg, dc, with_delta)])
