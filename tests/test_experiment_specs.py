@@ -49,7 +49,7 @@ def test_authors_spec_is_the_published_default_setting(tmp_path):
 def test_quick_spec_is_fedavg_vs_fedpfn_at_strong_skew(tmp_path):
     s = spec("cifar10_quick", tmp_path)
     assert [x["name"] for x in s["strategies"]] == ["fedavg", "fedpfn"]
-    assert (s["alphas"], s["seeds"]) == ([0.1], [0])
+    assert (s["alphas"], s["seeds"]) == ([0.1], [0]) and s["rounds"] >= 10
     assert len(cells_of(s)) == 2
 
 
