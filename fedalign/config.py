@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from fedalign.errors import UsageError
 
-STRATEGIES = ("fedavg", "fedprox", "fedpfn", "fedpnu", "fedavg-wm")
-BASE_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedpfn", "fedpnu", "fedavg-wm")
+BASE_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 
 DEFAULTS: dict[str, object] = {
@@ -41,6 +41,7 @@ DEFAULTS: dict[str, object] = {
     "proximal-mu": 0.0,  # used by fedprox (0.01 when left at 0)
     "server-lr": 0.01,  # eta of FedAdam/FedYogi
     "server-momentum": 0.9,  # of FedAvgM
+    "scaffold-server-lr": 1.0,  # lr_g of SCAFFOLD (1 = FedAvg's average of the client models)
     # rounds and participation
     "num-rounds": 5,
     "fraction-train": 1.0,

@@ -6,7 +6,8 @@ evaluation of the global model after each, and write the run directory:
 
     metrics.json   config, environment, per-round metrics, mask digest and wire counts
     metrics.csv    per-round metrics
-    initial_model.pt, final_model.pt, mask.bin (the round-1 mask, when there is one)
+    initial_model.pt, final_model.pt, mask.bin (the round-1 mask, when there is one),
+    scaffold_c.pt (SCAFFOLD's server control variate c at the end)
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def run_server(
         }
         atomic_write_bytes(out_dir / "mask.bin", mask.to_bytes())
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)
+    control = getattr(strategy, "control", None)  # SCAFFOLD's server control variate c
+    if control is not None:
+        state = {k: torch.from_numpy(v) for k, v in control.items()}
+        atomic_write_bytes(out_dir / "scaffold_c.pt", _torch_bytes(state))
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
     atomic_write_bytes(out_dir / "initial_model.pt", _torch_bytes(initial_state))
     atomic_write_bytes(out_dir / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))

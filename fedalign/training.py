@@ -7,7 +7,7 @@ centralized LMC run and a federated client train in exactly the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +58,17 @@ def train(
     cfg: TrainConfig,
     mask: SubspaceMask | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    grad_correction: Sequence[torch.Tensor] | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Train in place; fixed entries of `mask` stay exact. Returns the mean loss."""
+    """Train in place; fixed entries of `mask` stay exact. Returns the mean loss.
+
+    `grad_correction` (one tensor per parameter, in `model.parameters()` order)
+    is added to every step's gradient before the optimizer sees it, so
+    momentum and weight decay act on the corrected gradient (SCAFFOLD's
+    c - c_i, see `fedalign.clients.scaffold`); a mask zeroes it on fixed entries.
+    `criterion` is the loss (default cross-entropy).
+    """
     model.train()
     optimizer = make_optimizer(model, cfg)
     if mask is not None:
@@ -67,7 +76,7 @@ def train(
     anchor = (
         [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     )
-    criterion = nn.CrossEntropyLoss()
+    criterion = criterion or nn.CrossEntropyLoss()
     total, count = 0.0, 0
     for epoch in range(cfg.epochs):
         epoch_loss, epoch_n = 0.0, 0
@@ -78,6 +87,10 @@ def train(
                 prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * cfg.proximal_mu * prox
             loss.backward()
+            if grad_correction is not None:
+                for p, correction in zip(model.parameters(), grad_correction, strict=True):
+                    if p.grad is not None:
+                        p.grad.add_(correction)
             optimizer.step()
             epoch_loss += loss.item() * len(y)
             epoch_n += len(y)

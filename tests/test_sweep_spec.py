@@ -102,7 +102,7 @@ def test_shipped_specs_load(monkeypatch):
     if not (ROOT.parent / "shared" / "data" / "cifar10" / "train").is_dir():
         pytest.skip("no ../shared/data/cifar10 here")
     cifar = load_spec("experiments/cifar10_dirichlet.yaml")
-    assert len(cells_of(cifar)) == 3 * 4 * 3
+    assert len(cells_of(cifar)) == 3 * 5 * 3  # alphas x (fedavg, fedprox, scaffold, fedpfn, fedpnu) x seeds
     assert Path(cifar["data-dir"]).is_absolute()
 
 

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader, Subset
 
+from fedalign.clients import scaffold
 from fedalign.config import resolve
 from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
 from fedalign.run_setup import model_for, partitions_for, splits_for
@@ -74,7 +75,14 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
         seed=int(config["seed"]) * 1_000_003 + pid * 10_007 + server_round,
     )
     started = time.perf_counter()
-    train_loss = train(model, loader, train_config_for(config, msg_config, server_round), mask=mask)
+    train_config = train_config_for(config, msg_config, server_round)
+    control = scaffold.server_control(msg)
+    if control is None:
+        train_loss, control_delta = train(model, loader, train_config, mask=mask), None
+    else:  # SCAFFOLD: corrected steps; c_i lives in the node's state
+        train_loss, control_delta = scaffold.train_scaffold(
+            model, loader, train_config, control, context.state, mask=mask
+        )
     metrics = {
         "train-loss": train_loss,
         "num-examples": len(indices),
@@ -84,6 +92,8 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
         _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
+    if control_delta is not None:
+        content[scaffold.DELTA_KEY] = control_delta
     return Message(content=content, reply_to=msg)
 
 

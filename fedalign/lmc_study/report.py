@@ -1,5 +1,8 @@
 """Turn cell results into the study's outputs: table (Markdown + CSV), curves PNG, JSON record.
 
+With several rhos per method, rho.png plots barriers, endpoint accuracy and
+weight-matching sweeps against rho (vanilla is rho = 0).
+
 Rows are (variant, method[, + weight matching]); every number is mean ± std
 over seeds (sample std, ddof = 1; 0 for a single seed), endpoint
 accuracies included, because barriers without accuracies hide a model that
@@ -50,6 +53,7 @@ def rows_of(results: Sequence[Mapping]) -> list[dict]:
                 continue
             key = (r["variant_label"], r["label"], matched)
             g = groups.setdefault(key, {"variant": r["variant_label"], "method": r["label"],
+                                        "kind": r["method"], "rho": float(r["rho"]),
                                         "matched": matched, "seeds": [], "metrics": [], "curves": []})  # fmt: skip
             g["seeds"].append(r["seed"])
             g["metrics"].append(part["metrics"])
@@ -57,6 +61,7 @@ def rows_of(results: Sequence[Mapping]) -> list[dict]:
     rows = []
     for g in groups.values():  # insertion order: cell order, each method before its + WM row
         row = {"variant": g["variant"], "method": g["method"] + (" + WM" if g["matched"] else ""),
+               "kind": g["kind"], "rho": g["rho"],
                "matched": g["matched"], "seeds": g["seeds"], "n": len(g["seeds"])}  # fmt: skip
         for key, _, _ in COLUMNS:
             row[key] = _mean_std([m.get(key, math.nan) for m in g["metrics"]])
@@ -131,6 +136,73 @@ def plot_curves(rows: Sequence[Mapping], title: str = "") -> bytes:
     return buf.getvalue()
 
 
+RHO_PANELS = (  # (metric, y label, WM rows too)
+    ("acc_barrier", "accuracy barrier", True),
+    ("loss_barrier", "loss barrier", True),
+    ("endpoint_acc", "endpoint accuracy (mean of A, B)", False),
+    ("wm_iterations", "weight-matching sweeps", True),
+)
+
+
+def has_rho_sweep(rows: Sequence[Mapping]) -> bool:
+    """True when some method of some variant ran at two or more rhos."""
+    rhos: dict[tuple, set] = {}
+    for r in rows:
+        if r["kind"] != "vanilla":
+            rhos.setdefault((r["variant"], r["kind"]), set()).add(r["rho"])
+    return any(len(v) > 1 for v in rhos.values())
+
+
+def _metric(row: Mapping, key: str) -> tuple[float, float]:
+    if key != "endpoint_acc":
+        return row[key]
+    (a, sa), (b, sb) = row["acc_a"], row["acc_b"]
+    return (a + b) / 2, (sa + sb) / 2
+
+
+def plot_vs_rho(rows: Sequence[Mapping], title: str = "") -> bytes:
+    """PNG: barriers, endpoint accuracy and WM sweeps against rho, per method (± std over seeds).
+
+    Vanilla (nothing fixed) is the point at rho = 0 of every line; dashed lines
+    are after weight matching.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RHO_PANELS), figsize=(4.2 * len(RHO_PANELS), 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = {"pfn": "TNA-PFN", "prune": "prune"}
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        kinds = list(names) if r["kind"] == "vanilla" else [r["kind"]]  # vanilla starts every line
+        for kind in kinds:
+            lines.setdefault((r["variant"], kind, r["matched"]), []).append(r)
+    lines = {k: v for k, v in lines.items() if any(r["kind"] != "vanilla" for r in v)}
+    for i, ((variant, kind, matched), group) in enumerate(sorted(lines.items(), key=lambda kv: kv[0][:2])):
+        group = sorted(group, key=lambda r: r["rho"])
+        x = np.asarray([r["rho"] for r in group])
+        color = colors[sorted({k[:2] for k in lines}).index((variant, kind)) % len(colors)]
+        label = (f"{variant} " if variant else "") + names[kind] + (" + WM" if matched else "")
+        for ax, (key, ylabel, with_wm) in zip(axes, RHO_PANELS):
+            if matched and not with_wm:
+                continue
+            mean, std = (np.asarray(v) for v in zip(*(_metric(r, key) for r in group)))
+            ax.errorbar(x, mean, yerr=std, fmt="--o" if matched else "-o", color=color, ms=3,
+                        capsize=3, label=label)  # fmt: skip
+            ax.set(xlabel="rho (fraction of entries fixed; 0 = vanilla)", ylabel=ylabel)
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_outputs(
     c: Mapping[str, object], results: Sequence[Mapping], out: Path, extra: Mapping | None = None
 ) -> dict[str, Path]:
@@ -141,6 +213,9 @@ def write_outputs(
     atomic_write_text(paths["table.md"], table)
     atomic_write_text(paths["table.csv"], csv_table(rows))
     atomic_write_bytes(paths["curves.png"], plot_curves(rows, str(c["name"])))
+    if has_rho_sweep(rows):
+        paths["rho.png"] = out / "rho.png"
+        atomic_write_bytes(paths["rho.png"], plot_vs_rho(rows, str(c["name"])))
     record = {
         "config": dict(c),
         "seeds": list(c["seeds"]),

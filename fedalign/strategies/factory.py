@@ -7,14 +7,15 @@ from collections.abc import Mapping
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
 from fedalign.strategies.guarded import GuardedStrategy
+from fedalign.strategies.scaffold import Scaffold
 from fedalign.strategies.schedules import MaskSchedule
 from fedalign.strategies.subspace import SubspaceStrategy
 
 DEFAULT_PROXIMAL_MU = 0.01
 
 
-def build_base(name: str, config: Mapping[str, object]) -> Strategy:
-    """A Flower strategy from `base-strategy`-style names."""
+def build_base(name: str, config: Mapping[str, object], model=None) -> Strategy:
+    """A Flower strategy from `base-strategy`-style names (`model`: SCAFFOLD's parameter names)."""
     common = dict(
         fraction_train=float(config["fraction-train"]),
         fraction_evaluate=float(config["fraction-evaluate"]),
@@ -33,6 +34,9 @@ def build_base(name: str, config: Mapping[str, object]) -> Strategy:
         return FedAdam(**common, eta=float(config["server-lr"]), eta_l=float(config["lr"]))
     if name == "fedyogi":
         return FedYogi(**common, eta=float(config["server-lr"]), eta_l=float(config["lr"]))
+    if name == "scaffold":
+        names = [n for n, _ in model.named_parameters()] if model is not None else None
+        return Scaffold(**common, server_lr=float(config["scaffold-server-lr"]), parameter_names=names)
     raise ValueError(f"unknown base strategy {name!r}")  # config.validate() rejects it first
 
 
@@ -47,15 +51,15 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
     """The strategy of a resolved run config (see `fedalign.config`)."""
     name = str(config["strategy"])
     wait = float(config["node-wait-timeout"])
-    if name in ("fedavg", "fedprox"):
-        return GuardedStrategy(build_base(name, config), node_wait_timeout=wait)
+    if name in ("fedavg", "fedprox", "scaffold"):
+        return GuardedStrategy(build_base(name, config, model), node_wait_timeout=wait)
     if name == "fedavg-wm":
         from fedalign.strategies.matched import WeightMatchedStrategy
 
         return WeightMatchedStrategy(build_base("fedavg", config), model, node_wait_timeout=wait)
     exclude = [p.strip() for p in str(config["mask-exclude"]).split(",") if p.strip()]
     return SubspaceStrategy(
-        build_base(str(config["base-strategy"]), config),
+        build_base(str(config["base-strategy"]), config, model),
         model,
         rho=float(config["rho"]),
         seed=int(config["mask-seed"]),

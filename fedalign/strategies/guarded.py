@@ -139,11 +139,28 @@ class GuardedStrategy(Strategy):
             accepted.append(msg)
         return sorted(accepted, key=reply_order_key)
 
+    @property
+    def delta_record_keys(self) -> tuple[str, ...]:
+        """Extra ArrayRecords the base expects in a reply besides the model
+        (e.g. SCAFFOLD's control-variate delta); declared by the base as
+        `reply_delta_records`. They hold per-parameter deltas: a subset of the
+        model's keys, same shapes, zero where nothing was trained."""
+        return tuple(getattr(self.base, "reply_delta_records", ()))
+
+    def model_record(self, msg: Message) -> ArrayRecord:
+        """The reply's model record: its one ArrayRecord that is not a delta record."""
+        return next(r for k, r in msg.content.array_records.items() if k not in self.delta_record_keys)
+
     def _reply_problem(self, msg: Message) -> str | None:
-        records = [r for r in msg.content.array_records.values()]
-        if len(records) != 1:
-            return f"expected one ArrayRecord, got {len(records)}"
-        values = arrays_to_numpy(records[0])
+        records = msg.content.array_records
+        deltas = self.delta_record_keys
+        models = [k for k in records if k not in deltas]
+        if len(models) != 1:
+            return f"expected one model ArrayRecord, got {len(models)}"
+        missing = [k for k in deltas if k not in records]
+        if missing:
+            return f"missing ArrayRecord(s) {', '.join(missing)}"
+        values = arrays_to_numpy(records[models[0]])
         if self._sent is not None:
             if set(values) != set(self._sent):
                 return "array keys differ from the global model"
@@ -153,6 +170,12 @@ class GuardedStrategy(Strategy):
         for key, value in values.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 return f"non-finite values in {key!r}"
+        for record_key in deltas:
+            for key, value in arrays_to_numpy(records[record_key]).items():
+                if key not in values or value.shape != values[key].shape:
+                    return f"{record_key!r} entry {key!r} does not match a model parameter"
+                if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                    return f"non-finite values in {record_key!r} entry {key!r}"
         return None
 
     def _keep_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from logging import INFO
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
@@ -161,11 +162,15 @@ class SubspaceStrategy(GuardedStrategy):
         digest = trained_digest(msg)
         if digest is not None and digest != mask.digest:
             return f"trained under mask {digest[:12]}, round mask is {mask.digest[:12]}"
-        values = arrays_to_numpy(next(iter(msg.content.array_records.values())))
+        values = arrays_to_numpy(self.model_record(msg))
+        deltas = {k: arrays_to_numpy(msg.content[k]) for k in self.delta_record_keys}
         for name, trainable in mask.tensors.items():
             fixed = ~trainable.numpy()
             if values[name][fixed].tobytes() != sent[name][fixed].tobytes():
                 return f"fixed entries of {name!r} moved: trained outside the subspace"
+            for record_key, delta in deltas.items():
+                if name in delta and np.any(delta[name][fixed] != 0):
+                    return f"{record_key!r} is nonzero on fixed entries of {name!r}"
         entry = self.node_log.setdefault(msg.metadata.src_node_id, {"verified_rounds": []})
         entry["verified_rounds"].append(self._current_round)
         entry["digest_echoed"] = digest is not None

@@ -3,6 +3,9 @@
     summary.md / summary.csv   alpha x strategy: final accuracy (mean of the last k
                                rounds) mean ± std over seeds, rounds to reach the
                                target accuracy, fusion gap
+    paired.csv                 per alpha, each strategy minus the baseline (fedavg)
+                               paired by seed: mean ± std of the per-seed
+                               differences of final accuracy, and n (also in summary.md)
     rounds.csv                 every cell's per-round metrics, long format
     accuracy_vs_round_alpha<a>.png, final_accuracy_vs_alpha.png, fusion_gap_vs_round.png
 
@@ -102,6 +105,72 @@ def summarize(
     return rows
 
 
+def paired_differences(
+    recs: Sequence[Mapping], last: int = 5, baseline: str = "fedavg",
+    alphas: Sequence[float] | None = None, strategies: Sequence[str] | None = None,
+) -> list[dict]:
+    """Per alpha and strategy: final accuracy minus the baseline's, paired by seed.
+
+    Seeds share the partition and the initial model, so the per-seed difference
+    removes that variance; reported as mean ± sample std of the differences over
+    the n seeds both strategies finished. Empty when the baseline did not run.
+    """
+    finals: dict[tuple[float, str], dict[int, float]] = {}
+    for r in recs:
+        key = (float(r["cell"]["alpha"]), str(r["cell"]["strategy"]))
+        finals.setdefault(key, {})[int(r["cell"]["seed"])] = final_accuracy(r, last)
+    alpha_order = list(dict.fromkeys([float(a) for a in alphas or []] + [a for a, _ in finals]))
+    strategy_order = list(dict.fromkeys(list(strategies or []) + [s for _, s in finals]))
+    rows = []
+    for a in alpha_order:
+        base = finals.get((a, baseline))
+        if not base:
+            continue
+        for s in strategy_order:
+            if s == baseline or (a, s) not in finals:
+                continue
+            seeds = sorted(set(base) & set(finals[(a, s)]))
+            diffs = [finals[(a, s)][k] - base[k] for k in seeds]
+            rows.append({"alpha": a, "strategy": s, "baseline": baseline, "seeds": seeds,
+                         "diffs": diffs, "diff": _mean_std(diffs)})  # fmt: skip
+    return rows
+
+
+def paired_markdown(rows: Sequence[Mapping], last: int) -> list[str]:
+    if not rows:
+        return []
+    baseline = rows[0]["baseline"]
+    lines = [
+        "",
+        f"## Paired differences vs {baseline}",
+        "",
+        f"Final accuracy (mean of the last {last} rounds) of each strategy minus {baseline}'s "
+        "in the same seed (same partition and initial model): mean ± sample std of the "
+        "per-seed differences, n seeds.",
+        "",
+        "| alpha | strategy | difference | n | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{k}: {d:+.3f}" for k, d in zip(r["seeds"], r["diffs"]))
+        lines.append(
+            f"| {r['alpha']:g} | {r['strategy']} − {baseline} | {_fmt(r['diff'], signed=True)} | "
+            f"{len(r['seeds'])} | {per_seed} |"
+        )
+    return lines
+
+
+def paired_csv(rows: Sequence[Mapping]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["alpha", "strategy", "baseline", "n_seeds", "seeds", "diff_mean", "diff_std", "diffs"])
+    for r in rows:
+        writer.writerow([f"{r['alpha']:g}", r["strategy"], r["baseline"], len(r["seeds"]),
+                         " ".join(map(str, r["seeds"])), *r["diff"],
+                         " ".join(f"{d:.6f}" for d in r["diffs"])])  # fmt: skip
+    return buffer.getvalue()
+
+
 def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False) -> str:
     mean, std = ms
     if math.isnan(mean):
@@ -119,7 +188,10 @@ def _target_cell(row: Mapping, target: float | None) -> str:
     return text if row["reached"] == n else f"{text} ({row['reached']}/{n} seeds)"
 
 
-def markdown(rows: Sequence[Mapping], spec: Mapping | None, last: int, target: float | None) -> str:
+def markdown(
+    rows: Sequence[Mapping], spec: Mapping | None, last: int, target: float | None,
+    paired: Sequence[Mapping] = (),
+) -> str:
     spec = spec or {}
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     alphas = list(dict.fromkeys(r["alpha"] for r in rows))
@@ -145,6 +217,7 @@ def markdown(rows: Sequence[Mapping], spec: Mapping | None, last: int, target: f
     for a in alphas:
         cells = [_fmt(by[(a, s)]["final"]) if (a, s) in by else "—" for s in strategies]
         lines.append(f"| {a:g} | " + " | ".join(cells) + " |")
+    lines += paired_markdown(paired, last)
     target_title = f"rounds to {target:g}" if target is not None else "rounds to target"
     lines += [
         "",
@@ -303,12 +376,20 @@ def write_report(out: Path, target: float | None = None, last: int | None = None
         alphas=spec.get("alphas") if spec else None,
         strategies=[s["name"] for s in spec.get("strategies", [])] if spec else None,
     )  # fmt: skip
+    paired = paired_differences(
+        recs, last,
+        alphas=spec.get("alphas") if spec else None,
+        strategies=[s["name"] for s in spec.get("strategies", [])] if spec else None,
+    )  # fmt: skip
     paths = {
         "summary.md": out / "summary.md",
         "summary.csv": out / "summary.csv",
         "rounds.csv": out / "rounds.csv",
     }
-    atomic_write_text(paths["summary.md"], markdown(rows, spec, last, target))
+    if paired:
+        paths["paired.csv"] = out / "paired.csv"
+        atomic_write_text(paths["paired.csv"], paired_csv(paired))
+    atomic_write_text(paths["summary.md"], markdown(rows, spec, last, target, paired))
     atomic_write_text(paths["summary.csv"], summary_csv(rows, target))
     atomic_write_text(paths["rounds.csv"], rounds_csv(recs))
     for path in plots(recs, rows, out):

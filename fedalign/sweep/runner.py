@@ -223,6 +223,20 @@ def status(out: Path, spec: Mapping[str, object], cells: list[Cell]) -> dict[str
     return {c.id: records.load_record(out, c) for c in cells}
 
 
+def ensure_data(spec: Mapping[str, object], progress: Progress) -> None:
+    """`download: true`: fetch the data set into data-dir once, here, before any cell.
+
+    torchvision verifies the archive's md5 and shows a progress bar; files
+    already there are not fetched again. Cells then only read.
+    """
+    from fedalign.datasets import load_raw
+
+    root = Path(str(spec["data-dir"]))
+    root.mkdir(parents=True, exist_ok=True)
+    progress.say(f"download: making sure {spec['dataset']} is in {root}")
+    load_raw(str(spec["dataset"]), root, download=True)
+
+
 def run_sweep(
     spec: Mapping[str, object],
     out: Path,
@@ -238,6 +252,8 @@ def run_sweep(
     finished = status(out, spec, cells)
     todo = [c for c in cells if finished[c.id] is None]
     progress = Progress(len(cells), len(cells) - len(todo), int(spec["rounds"]), stream)
+    if todo and spec.get("download"):
+        ensure_data(spec, progress)
     if len(todo) < len(cells):
         progress.say(f"{len(cells) - len(todo)} of {len(cells)} cells already finished in {out}; running {len(todo)}")
     started = time.perf_counter()

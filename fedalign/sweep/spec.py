@@ -48,10 +48,11 @@ OWN_DEFAULTS: dict[str, object] = {
     "last-rounds": 5,  # final accuracy = mean over the last k rounds
     "client-cpus": 1.0,  # Ray CPUs per client: 1.0 on 2 cores = 2 clients in parallel
     "run-config": {},  # any other run-config key, for every cell
+    "download": False,  # fetch a torchvision data set into data-dir once, before the first cell
 }
 
 # Keys that only affect how results are run or shown, not what a cell computes.
-COSMETIC = ("name", "target-accuracy", "last-rounds", "client-cpus")
+COSMETIC = ("name", "target-accuracy", "last-rounds", "client-cpus", "download")
 
 # Run-config keys a sweep sets itself (or under another name).
 RENAMED = {
@@ -64,9 +65,10 @@ CONTROLLED = ("alpha", "seed", "strategy", "num-rounds", "fraction-train", "outp
 # Keys a strategy entry may set (the rest of a cell comes from the top level).
 STRATEGY_KEYS = (
     "name", "strategy", "base-strategy", "rho", "granularity", "mask-seed", "resample-every",
-    "mask-exclude", "proximal-mu", "server-lr", "server-momentum",
+    "mask-exclude", "proximal-mu", "server-lr", "server-momentum", "scaffold-server-lr",
 )  # fmt: skip
 SUBSPACE = ("fedpfn", "fedpnu")
+DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # what torchvision can fetch
 # strategy-entry key -> (applies when, what to say otherwise)
 _APPLIES = {
     "base-strategy": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu wrap a base strategy"),
@@ -86,6 +88,10 @@ _APPLIES = {
     "server-momentum": (
         lambda s: s.get("base-strategy") == "fedavgm",
         "server-momentum applies to base-strategy fedavgm",
+    ),
+    "scaffold-server-lr": (
+        lambda s: "scaffold" in (s["strategy"], s.get("base-strategy")),
+        "scaffold-server-lr applies to scaffold (or base-strategy scaffold)",
     ),
 }
 
@@ -264,6 +270,11 @@ def resolve_spec(raw, where: str = "spec", base_dir: Path | None = None) -> dict
     for key in ("lr", "lr-decay", "momentum", "weight-decay", "rho", "participation", "client-cpus"):
         out[key] = ck.float(key, s[key])
     out["client-test-eval"] = ck.bool("client-test-eval", s["client-test-eval"])
+    out["download"] = ck.bool("download", s["download"])
+    ck.check(
+        not out["download"] or out["dataset"] in DOWNLOADABLE,
+        f"download applies to {', '.join(DOWNLOADABLE)}, not {out['dataset']!r}; drop 'download'",
+    )
     out["model-args"] = _model_args(s["model-args"], ck)
     out["alphas"] = [ck.float("alphas", a) for a in ck.list("alphas", s["alphas"])]
     bad = [a for a in out["alphas"] if a <= 0]
@@ -314,7 +325,11 @@ def _data_dir(spec: Mapping[str, object], ck: _Checker, base_dir: Path | None) -
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     path = path.resolve()
-    ck.check(path.is_dir(), f"data-dir {text!r} ({path}) is not a directory")
+    ck.check(
+        path.is_dir() or bool(spec.get("download")),
+        f"data-dir {text!r} ({path}) is not a directory (add download: true, or --set download=true, "
+        "to fetch the data set there)",
+    )
     return str(path)
 
 

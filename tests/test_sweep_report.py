@@ -1,0 +1,76 @@
+"""The sweep report on synthetic cell records: last-5-round means and paired per-seed differences."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from fedalign.sweep.report import write_report
+
+# strategy -> seed -> accuracy of the last 5 rounds (rounds 1-3 are 0.0 and must not count)
+LAST5 = {
+    "fedavg": {k: [0.30 + 0.01 * k, 0.32 + 0.01 * k, 0.34 + 0.01 * k, 0.36 + 0.01 * k, 0.38 + 0.01 * k]
+               for k in (0, 1, 2)},  # means 0.34, 0.35, 0.36
+    "fedpfn": {k: [0.40 + 0.02 * k] * 5 for k in (0, 1, 2)},  # means 0.40, 0.42, 0.44
+    "fedpnu": {0: [0.35] * 5, 1: [0.37] * 5},  # seed 2 not finished
+}  # fmt: skip
+
+
+def write_records(out, alpha=0.1):
+    for strategy, seeds in LAST5.items():
+        for seed, last in seeds.items():
+            accuracies = [0.1, 0.0, 0.0, 0.0, *last]  # round 0 (initial model), rounds 1..8
+            record = {
+                "cell": {"alpha": alpha, "strategy": strategy, "seed": seed},
+                "rounds": [{"round": r, "accuracy": a} for r, a in enumerate(accuracies)],
+            }
+            path = out / "cells" / f"a{alpha}-{strategy}-s{seed}" / "record.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(record))
+
+
+@pytest.fixture
+def report(tmp_path):
+    write_records(tmp_path)
+    paths = write_report(tmp_path)
+    return tmp_path, paths
+
+
+def test_summary_is_mean_and_std_over_seeds_of_the_last_five_rounds(report):
+    out, _ = report
+    rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO((out / "summary.csv").read_text()))}
+    assert float(rows["fedavg"]["final_acc_mean"]) == pytest.approx(0.35)
+    assert float(rows["fedavg"]["final_acc_std"]) == pytest.approx(0.01)
+    assert float(rows["fedpfn"]["final_acc_mean"]) == pytest.approx(0.42)
+    assert float(rows["fedpfn"]["final_acc_std"]) == pytest.approx(0.02)
+    assert rows["fedpnu"]["n_seeds"] == "2"
+    summary = (out / "summary.md").read_text()
+    assert "| 0.1 | 0.350 ± 0.010 | 0.420 ± 0.020 | 0.360 ± 0.014 |" in summary
+
+
+def test_paired_differences_are_per_seed(report):
+    out, paths = report
+    assert "paired.csv" in paths
+    rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO((out / "paired.csv").read_text()))}
+    assert set(rows) == {"fedpfn", "fedpnu"}
+    pfn = rows["fedpfn"]  # differences 0.06, 0.07, 0.08
+    assert (pfn["baseline"], pfn["n_seeds"], pfn["seeds"]) == ("fedavg", "3", "0 1 2")
+    assert float(pfn["diff_mean"]) == pytest.approx(0.07)
+    assert float(pfn["diff_std"]) == pytest.approx(0.01)
+    pnu = rows["fedpnu"]  # seeds 0 and 1 only: 0.01, 0.02
+    assert pnu["n_seeds"] == "2"
+    assert float(pnu["diff_mean"]) == pytest.approx(0.015)
+    assert float(pnu["diff_std"]) == pytest.approx(0.0070711, abs=1e-6)
+    summary = (out / "summary.md").read_text()
+    assert "| 0.1 | fedpfn − fedavg | +0.070 ± 0.010 | 3 | 0: +0.060, 1: +0.070, 2: +0.080 |" in summary
+    assert "| 0.1 | fedpnu − fedavg | +0.015 ± 0.007 | 2 |" in summary
+
+
+def test_no_paired_section_without_the_baseline(tmp_path):
+    write_records(tmp_path)
+    for path in (tmp_path / "cells").glob("*fedavg*/record.json"):
+        path.unlink()
+    paths = write_report(tmp_path)
+    assert "paired.csv" not in paths
+    assert "Paired differences" not in (tmp_path / "summary.md").read_text()
