@@ -149,11 +149,6 @@ class Anchor:
                 data.permute(order).view(-1).index_copy_(0, index, values)
 
 
-def anchors_for(model: torch.nn.Module, mask: SubspaceMask) -> list[Anchor]:
-    """Anchors for every parameter of `model` that has a fixed entry under `mask`."""
-    return [Anchor(p, mask.trainable(n)) for n, p in _masked_parameters(model, mask).values()]
-
-
 def _masked_parameters(model: torch.nn.Module, mask: SubspaceMask) -> dict[int, tuple]:
     """id(param) -> (name, param) for the parameters `mask` fixes entries of."""
     mask.check_compatible(model)
@@ -196,9 +191,11 @@ class MaskGuard:
                         param.register_post_accumulate_grad_hook(anchor.zero_fixed_grad)
                     )
 
-    def stepped(self, optimizer: torch.optim.Optimizer) -> list[Anchor]:
+    def stepped(
+        self, optimizer: torch.optim.Optimizer, ids: tuple[int, ...] | None = None
+    ) -> list[Anchor]:
         """The anchors of the parameters `optimizer` steps (cached per param-group layout)."""
-        ids = _stepped_ids(optimizer)
+        ids = _stepped_ids(optimizer) if ids is None else ids
         cached = self._stepped.get(optimizer)
         if cached is None or cached[0] != ids:
             if self.anchor_on_sight:
@@ -210,8 +207,10 @@ class MaskGuard:
             self._stepped[optimizer] = cached
         return cached[1]
 
-    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for anchor in self.stepped(optimizer):
+    def before_step(
+        self, optimizer: torch.optim.Optimizer, ids: tuple[int, ...] | None = None
+    ) -> None:
+        for anchor in self.stepped(optimizer, ids):
             anchor.zero_fixed_grad()
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -275,12 +274,12 @@ class _OptimizerGuard(MaskGuard):
         )
         self.stepped(optimizer)  # anchors now, state zeroed on the fixed entries now
 
-    def before_step(self, optimizer) -> None:
+    def before_step(self, optimizer, ids=None) -> None:
         ids = _stepped_ids(optimizer)
         if ids != self._checked:  # first step, or the param groups changed
             self.covered, self._checked = set(ids), ids
             _warn_unprotected(self._model_guards, self)
-        super().before_step(optimizer)
+        super().before_step(optimizer, ids)
 
     def remove(self) -> None:
         for handle in self.handles:
