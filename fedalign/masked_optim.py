@@ -74,13 +74,14 @@ class Anchor:
 
     `index`/`values` list the fixed entries in logical (row-major) order.
     Restoring copies the values into a flat view of the parameter's storage
-    (`index_copy_`): exact, and it touches only the fixed entries. For a
-    non-contiguous parameter the indices are re-laid in its memory order once
-    (cached while the layout stays); a non-dense one is written by boolean
-    indexing. Zeroing gradients and state is a `masked_fill_` each.
+    (`scatter_`, faster than `index_copy_` on CPU): exact, and it touches only
+    the fixed entries. For a non-contiguous parameter the indices are re-laid
+    in its memory order once (cached while the layout stays); a non-dense one
+    is written by boolean indexing. Zeroing gradients and state is one
+    multiply by a cached 0/1 tensor each.
     """
 
-    __slots__ = ("param", "fixed", "index", "values", "_layout_key", "_layout")
+    __slots__ = ("param", "fixed", "index", "values", "_scales", "_layout_key", "_layout")
 
     def __init__(self, param: torch.Tensor, trainable: torch.Tensor) -> None:
         self.param = param
@@ -88,21 +89,32 @@ class Anchor:
         self.index = self.fixed.reshape(-1).nonzero().squeeze(1)
         # reshape copies a non-contiguous parameter, but reads it in logical order
         self.values = param.detach().reshape(-1)[self.index].clone()
+        self._scales: dict = {}
         self._layout_key = None
         self._layout = None
 
-    def _fixed_on(self, t: torch.Tensor) -> torch.Tensor:
-        return self.fixed if t.device == self.fixed.device else self.fixed.to(t.device)
+    def _scale_for(self, t: torch.Tensor) -> torch.Tensor:
+        # 1 on trainable, 0 on fixed entries, in t's dtype and device: one
+        # multiply is several times cheaper on CPU than masked_fill_ or where.
+        key = (t.dtype, t.device)
+        scale = self._scales.get(key)
+        if scale is None:
+            scale = self._scales[key] = (~self.fixed).to(device=t.device, dtype=t.dtype)
+        return scale
 
     def zero_fixed_grad(self, _param: torch.Tensor | None = None) -> None:
-        """Set the fixed entries of `param.grad` to zero (signature fits a grad hook)."""
+        """Zero the fixed entries of `param.grad` (the signature fits a grad hook).
+
+        A multiply by 0: a non-finite fixed gradient stays non-finite (NaN), so
+        overflow checks such as AMP's GradScaler still see it.
+        """
         grad = self.param.grad
         if grad is None:
             return
         if grad.is_sparse:
-            self.param.grad = grad.mul(~self._fixed_on(grad))
+            self.param.grad = grad.mul(self._scale_for(grad))
         else:
-            grad.masked_fill_(self._fixed_on(grad), 0)
+            grad.mul_(self._scale_for(grad))
 
     def zero_fixed_state(self, state: Mapping[str, object] | None) -> None:
         """Zero the fixed entries of every floating state tensor shaped like the parameter."""
@@ -116,7 +128,7 @@ class Anchor:
                 and (value.is_floating_point() or value.is_complex())
                 and key not in _BOOKKEEPING
             ):
-                value.masked_fill_(self._fixed_on(value), 0)
+                value.mul_(self._scale_for(value))
 
     def _layout_for(self, data: torch.Tensor):
         if data.device != self.fixed.device:  # the model moved: anchors follow it
@@ -144,9 +156,9 @@ class Anchor:
             if order == "mask":
                 data[index] = values
             elif order is None:
-                data.view(-1).index_copy_(0, index, values)
+                data.view(-1).scatter_(0, index, values)
             else:
-                data.permute(order).view(-1).index_copy_(0, index, values)
+                data.permute(order).view(-1).scatter_(0, index, values)
 
 
 def _masked_parameters(model: torch.nn.Module, mask: SubspaceMask) -> dict[int, tuple]:
