@@ -1,10 +1,11 @@
 """Subspace masks: which parameter entries train (1) and which stay fixed (0).
 
 A `SubspaceMask` is the single source of truth for a TNA-PFN subspace. It is
-sampled deterministically from (rho, seed, granularity, include, exclude) and
-the parameter names/shapes of a model, so every process that samples with the
-same arguments gets the same mask (and the same digest). It serializes to a
-bit-packed blob (ceil(n/8) bytes of bits plus a small JSON header) for the wire.
+sampled deterministically from (rho, seed, version, granularity, include,
+exclude) and the parameter names/shapes of a model, so every process that
+samples with the same arguments gets the same mask (and the same digest). It
+serializes to a bit-packed blob (ceil(n/8) bytes of bits plus a small JSON
+header) for the wire.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -38,10 +40,37 @@ def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] |
     return not (exclude and any(fnmatch.fnmatchcase(name, pat) for pat in exclude))
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
-    # Seeding per name (not one stream in model order) keeps a parameter's mask
-    # independent of which other parameters are included or excluded.
-    return np.random.default_rng([int(seed), zlib.crc32(key.encode())])
+def mask_rng(seed: int, key: str, version: int = 0) -> np.random.Generator:
+    """The random stream for parameter (or module) `key` of mask `version` under `seed`.
+
+    The one derivation of mask randomness: a NumPy SeedSequence over the words
+    (seed, crc32(key), version). Distinct (seed, version) pairs give distinct
+    streams (for seed, version < 2**32 the entropy words differ, and
+    SeedSequence mixes up to four words bijectively), unlike `seed + version`,
+    where version 1 of seed s is version 0 of seed s + 1. A trailing zero word
+    mixes like a missing one, so version 0 is exactly the stream masks had
+    before versions existed (seed < 2**64): recorded digests stay valid.
+    Seeding per name (not one stream in model order) keeps a parameter's mask
+    independent of which other parameters are included or excluded.
+    """
+    check(
+        isinstance(seed, (int, np.integer)) and int(seed) >= 0,
+        f"mask seed {seed!r} must be a non-negative integer",
+    )
+    check(
+        isinstance(version, (int, np.integer)) and 0 <= int(version) < 2**32,
+        f"mask version {version!r} must be an integer in [0, 2**32)",
+    )
+    words = [int(seed), zlib.crc32(key.encode())]
+    if version:
+        words.append(int(version))
+    return np.random.default_rng(words)
+
+
+def _eligible(name: str, shape: Sequence[int], include, exclude) -> bool:
+    # A 0-dim parameter (a scalar gain or temperature) is one entry: fixing a
+    # random fraction of it is meaningless, so masks never fix it.
+    return len(shape) > 0 and _selected(name, include, exclude)
 
 
 def check_rho(rho: float) -> float:
@@ -71,14 +100,19 @@ class SubspaceMask:
         granularity: str = "weight",
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        version: int = 0,
     ) -> SubspaceMask:
         """Sample a mask fixing a fraction `rho` of the selected entries.
 
         `weight`: independent Bernoulli(rho) per element (as published).
         `neuron`: one draw per output unit (row along dim 0), shared by all
         parameters of the same module (weight row and bias entry fix together).
-        Parameters not matched by `include` or matched by `exclude`
-        (fnmatch patterns on parameter names) stay fully trainable.
+        Only eligible parameters are masked (see `eligible`): those matched by
+        `include` and not by `exclude` (fnmatch patterns on parameter names)
+        with at least one dimension; the rest stay fully trainable.
+        `version` numbers the masks of one run (FedPNU `resample`): the
+        randomness comes from `mask_rng(seed, name, version)`, so no two
+        (seed, version) pairs share a mask, and version 0 is the mask of `seed`.
         """
         rho = check_rho(rho)
         check(
@@ -88,20 +122,21 @@ class SubspaceMask:
         shapes = _shapes_of(model_or_shapes)
         tensors: dict[str, torch.Tensor] = {}
         for name, shape in shapes.items():
-            if not _selected(name, include, exclude) or len(shape) == 0:
+            if not _eligible(name, shape, include, exclude):
                 tensors[name] = torch.ones(shape, dtype=torch.bool)
                 continue
             if granularity == "weight":
-                draw = _rng(seed, name).random(int(np.prod(shape))) >= rho
+                draw = mask_rng(seed, name, version).random(math.prod(shape)) >= rho
                 tensors[name] = torch.from_numpy(draw.reshape(shape))
             else:
                 module = name.rsplit(".", 1)[0] if "." in name else name
-                rows = _rng(seed, module).random(shape[0]) >= rho
+                rows = mask_rng(seed, module, version).random(shape[0]) >= rho
                 full = np.broadcast_to(rows.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
                 tensors[name] = torch.from_numpy(np.array(full))
         meta = {
             "rho": rho,
             "seed": int(seed),
+            "version": int(version),
             "granularity": granularity,
             "include": list(include or []),
             "exclude": list(exclude or []),
@@ -117,17 +152,19 @@ class SubspaceMask:
     def complement(self) -> SubspaceMask:
         """1 - M: trainable where M is fixed, and vice versa (FedPNU's other half).
 
-        Parameters that M leaves out entirely (all trainable because excluded)
-        stay trainable in the complement, so exclusion means "never fixed".
+        Only eligible parameters flip: those `sample` never masks (excluded,
+        not included, or 0-dim) stay fully trainable in the complement too, so
+        "not eligible" means "never fixed", by M or by 1 - M.
         """
-        out = {n: m.clone() if self._unselected(n) else ~m for n, m in self.tensors.items()}
+        out = {n: ~m if self.eligible(n) else m.clone() for n, m in self.tensors.items()}
         meta = dict(self.meta)
         meta["complement"] = not bool(self.meta.get("complement", False))
         return SubspaceMask(out, meta)
 
-    def _unselected(self, name: str) -> bool:
+    def eligible(self, name: str) -> bool:
+        """Whether `sample` may fix entries of `name` (include/exclude of the meta, >= 1 dim)."""
         include, exclude = self.meta.get("include"), self.meta.get("exclude")
-        return not _selected(name, include, exclude)
+        return _eligible(name, tuple(self.tensors[name].shape), include, exclude)
 
     # --------------------------------------------------------------- inspect
     @property
@@ -200,8 +237,17 @@ class SubspaceMask:
 
     @property
     def packed_nbytes(self) -> int:
-        """Size of the bit payload alone: ceil(n/8)."""
+        """Size of the bit payload alone: ceil(n/8) (what the bits cost, header aside)."""
         return (self.numel + 7) // 8
+
+    @property
+    def wire_nbytes(self) -> int:
+        """Size of `to_bytes()`: magic, header length, JSON header and packed bits.
+
+        This is what sending the mask costs; it exceeds `packed_nbytes` by the
+        header (names, shapes, meta), which dominates for small models.
+        """
+        return len(_MAGIC) + 4 + len(self._header()) + self.packed_nbytes
 
     @property
     def digest(self) -> str:

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -114,3 +115,66 @@ def test_fixed_entries_equal_detects_a_single_bit_change():
         b["classifier.weight"][tuple(fixed_index)], torch.tensor(1.0)
     )
     assert not fixed_entries_equal(mask, a, b)
+
+
+# ------------------------------------------------------------------ issue 9: mask parts
+SHAPES_WITH_SCALARS = {"scale": (), "w": (6, 5), "b": (6,), "temperature": ()}
+
+
+@pytest.mark.parametrize("exclude", [None, ["b"]])
+def test_parameters_sample_never_masks_stay_trainable_in_the_complement(exclude):
+    """0-dim parameters (and excluded ones) are never fixed, by M or by 1 - M."""
+    mask = SubspaceMask.sample(SHAPES_WITH_SCALARS, 0.5, 3, exclude=exclude)
+    comp = SubspaceMask.from_bytes(mask.to_bytes()).complement()  # also after the wire
+    for name in ("scale", "temperature") + (("b",) if exclude else ()):
+        assert mask.tensors[name].all() and comp.tensors[name].all(), name
+        assert not mask.eligible(name) and not comp.eligible(name)
+    assert torch.equal(comp.tensors["w"], ~mask.tensors["w"])
+    assert mask.eligible("w")
+    assert comp.complement() == mask
+
+
+def test_version_zero_is_the_mask_existing_records_hold():
+    """Digests recorded before mask versions existed stay valid (golden values)."""
+    model = build_model("cnn", (3, 32, 32), 10, seed=0)
+    assert SubspaceMask.sample(model, 0.4, 11).digest == (
+        "b0b58543cbabb778fa3d535eb5593c114763214575b2416e818d358cbd186eae"
+    )
+    assert SubspaceMask.sample(model, 0.4, 11, "neuron", exclude=["fc2.*"], version=0).digest == (
+        "b2d1f729e4c49fe7fc14007ef3478f930a967030b36fe0ed836aacdcd378b257"
+    )
+    assert SubspaceMask.sample({"a": (3, 5), "b": (7,)}, 0.5, 2**40, version=0).digest == (
+        "ba41d59dc96dbe1fd858977c8567a5780ea1898a495f265ca31e7910536fe7cf"
+    )
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_seed_and_version_pairs_never_share_a_mask(granularity):
+    shapes = {"w": (64, 32), "b": (64,)}
+    digests = {
+        (seed, version): SubspaceMask.sample(shapes, 0.5, seed, granularity, version=version).digest
+        for seed in range(6)
+        for version in range(6)
+    }
+    assert len(set(digests.values())) == len(digests)  # seed + version would give 11, not 36
+    again = SubspaceMask.sample(shapes, 0.5, 2, granularity, version=3)
+    assert again.digest == digests[(2, 3)] and again.meta["version"] == 3
+
+
+def test_mask_rng_is_the_one_derivation_from_seed_version_and_name():
+    from fedalign.masks import mask_rng
+
+    a = mask_rng(5, "w", version=1).random(8)
+    assert np.array_equal(a, mask_rng(5, "w", version=1).random(8))
+    assert not np.array_equal(a, mask_rng(6, "w", version=0).random(8))
+    assert not np.array_equal(a, mask_rng(5, "w", version=2).random(8))
+    with pytest.raises(UsageError, match="version"):
+        SubspaceMask.sample({"w": (4,)}, 0.5, 0, version=-1)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.4])
+def test_wire_nbytes_is_the_size_of_to_bytes(rho):
+    model = build_model("resnet20", (3, 32, 32), 10, seed=0)
+    for mask in (SubspaceMask.sample(model, rho, 5), SubspaceMask.sample(model, rho, 5).complement()):
+        assert mask.wire_nbytes == len(mask.to_bytes())
+        assert mask.wire_nbytes > mask.packed_nbytes  # the JSON header rides along

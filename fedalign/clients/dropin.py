@@ -4,7 +4,11 @@
 
 receives the round's mask (storing it in the node's Context) and attaches it
 to every optimizer that steps this model's parameters, through torch's global
-optimizer step hooks: the app's own training code stays as it is. The hooks
+optimizer step hooks: the app's own training code stays as it is. Fixed
+gradients are zeroed as they accumulate, fixed entries restored exactly and
+optimizer state kept zero on them (`fedalign.masked_optim.MaskGuard`), so an
+optimizer that outlives a mask change (FedPNU's M, then 1 - M) carries no
+momentum onto newly fixed entries. The hooks
 detach when the model is garbage-collected (at the end of the handler) or at
 the next call. A node lacking the mask raises `MaskMissingError`; Flower turns
 that into an error reply and the server re-sends the mask.
@@ -21,7 +25,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from fedalign.masked_optim import anchors_for
+from fedalign.masked_optim import MaskGuard
 from fedalign.masks import SubspaceMask
 from fedalign.protocol import receive_round_mask
 
@@ -36,23 +40,13 @@ def _remove(handles: list) -> None:
 def attach_mask(model: torch.nn.Module, mask: SubspaceMask) -> None:
     """Keep `mask`'s fixed entries of `model` exact under any optimizer, from now on."""
     detach_mask()
-    anchors = {id(a.param): a for a in anchors_for(model, mask)}
-
-    def _anchored(optimizer):
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) in anchors:
-                    yield anchors[id(p)]
-
-    def before(optimizer, _args, _kwargs):
-        for anchor in _anchored(optimizer):
-            anchor.zero_fixed_grad()
-
-    def after(optimizer, _args, _kwargs):
-        for anchor in _anchored(optimizer):
-            anchor.restore()
-
-    handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
+    guard = MaskGuard(model, mask)
+    guard.anchor(model.parameters())
+    handles = [
+        register_optimizer_step_pre_hook(lambda opt, _a, _k: guard.before_step(opt)),
+        register_optimizer_step_post_hook(lambda opt, _a, _k: guard.after_step(opt)),
+        guard,  # its .remove() drops the gradient hooks
+    ]
     _active.extend(handles)
     weakref.finalize(model, _remove, handles)
 
