@@ -10,7 +10,9 @@ FedPFN and FedPNU are this wrapper with a schedule. Per round:
    mask re-sent next time); the base strategy aggregates the rest (FedAvg,
    FedAvgM, FedAdam, FedYogi, FedProx, ...); then every entry fixed in this
    round is restored to its value in the previous global model, so neither a
-   server optimizer nor a faulty client can move it.
+   server optimizer nor a faulty client can move it; buffers are averaged
+   plainly and the base strategy's own copy of the model is re-synced to the
+   restored one (see `GuardedStrategy`).
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ class SubspaceStrategy(GuardedStrategy):
     base : Strategy
         Any Flower message-API strategy; its sampling and aggregation are used.
     model : torch.nn.Module or mapping of parameter name -> shape
-        The architecture the mask is sampled for (parameters only, not buffers).
+        The architecture the mask is sampled for (parameters only, not
+        buffers); a module also names the buffers, which are averaged plainly.
     rho : float
         Fraction of entries FIXED (published default 0.4).
     seed : int
         Mask seed; mask version v uses seed + v.
     schedule : MaskSchedule
-        `fixed` (FedPFN), `alternate` (FedPNU) or `resample`.
+        `fixed` (FedPFN), `alternate` (FedPNU), `resample` or
+        `alternate-resample` (FedPNU with a fresh mask every k rounds).
     granularity, include, exclude
         As in `SubspaceMask.sample`.
     """
@@ -64,8 +68,14 @@ class SubspaceStrategy(GuardedStrategy):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         node_wait_timeout: float = 60.0,
+        sample_seed: int = 0,
     ) -> None:
-        super().__init__(base, node_wait_timeout=node_wait_timeout)
+        super().__init__(
+            base,
+            node_wait_timeout=node_wait_timeout,
+            buffers=model if isinstance(model, torch.nn.Module) else None,
+            sample_seed=sample_seed,
+        )
         self.schedule = MaskSchedule(schedule) if isinstance(schedule, str) else schedule
         self._sample_args = dict(rho=rho, granularity=granularity, include=include, exclude=exclude)
         self._model_shapes = (
@@ -97,6 +107,21 @@ class SubspaceStrategy(GuardedStrategy):
         position = self.schedule.position(server_round)
         mask = self.mask_version(position.version)
         return mask.complement() if position.complement else mask
+
+    def schedule_record(self, num_rounds: int) -> dict:
+        """The effective schedule of a run, for metrics.json: kind, k and each round's position."""
+        rounds = []
+        for server_round in range(1, int(num_rounds) + 1):
+            position = self.schedule.position(server_round)
+            rounds.append(
+                {
+                    "round": server_round,
+                    "version": position.version,
+                    "complement": position.complement,
+                    "digest": self.round_mask(server_round).digest,
+                }
+            )
+        return {"kind": self.schedule.kind, "every": self.schedule.every, "rounds": rounds}
 
     @property
     def mask(self) -> SubspaceMask:
