@@ -110,7 +110,7 @@ def test_full_participation_sends_no_query():
 
 # ------------------------------------------------------ the real Ray engine
 SIM_CONFIG = {"strategy": "fedpfn", "num-rounds": 3, "fraction-train": 0.1, "min-nodes": 2,
-              "model-args": "width=32,depth=1", "client-test-eval": False, "alpha": 0.5,
+              "model-args": "width=32,depth=1", "client-test-eval": False, "partitioner": "iid",
               "min-partition-size": 5}  # fmt: skip
 
 

@@ -56,15 +56,13 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
     """The strategy of a resolved run config (see `fedalign.config`)."""
     name = str(config["strategy"])
     wait = float(config["node-wait-timeout"])
-    seed = int(config["seed"])
+    sampling = dict(sample_seed=int(config["seed"]), query_timeout=float(config["round-timeout"]))
     if name in ("fedavg", "fedprox"):
-        return GuardedStrategy(build_base(name, config), node_wait_timeout=wait, buffers=model, sample_seed=seed)
+        return GuardedStrategy(build_base(name, config), node_wait_timeout=wait, buffers=model, **sampling)
     if name == "fedavg-wm":
         from fedalign.strategies.matched import WeightMatchedStrategy
 
-        return WeightMatchedStrategy(
-            build_base("fedavg", config), model, node_wait_timeout=wait, sample_seed=seed
-        )
+        return WeightMatchedStrategy(build_base("fedavg", config), model, node_wait_timeout=wait, **sampling)
     return SubspaceStrategy(
         build_base(str(config["base-strategy"]), config),
         model,
@@ -75,5 +73,5 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
         include=_patterns(config["mask-include"]),
         exclude=_patterns(config["mask-exclude"]),
         node_wait_timeout=wait,
-        sample_seed=seed,
+        **sampling,
     )

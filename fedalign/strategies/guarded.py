@@ -56,7 +56,9 @@ class GuardedStrategy(Strategy):
 
     `buffers`: the model (its state-dict keys that are not parameters are
     buffers) or the buffer names; integer arrays count as buffers anyway.
-    `sample_seed`: seeds which nodes take part when not all do.
+    `sample_seed`: seeds which nodes take part when not all do;
+    `query_timeout`: how long nodes may take to report their partition id
+    (a node too slow for that is too slow to train a round as well).
     """
 
     def __init__(
@@ -65,11 +67,12 @@ class GuardedStrategy(Strategy):
         node_wait_timeout: float = 60.0,
         buffers=None,
         sample_seed: int = 0,
+        query_timeout: float = 600.0,
     ) -> None:
         self.base = base
         self.node_wait_timeout = float(node_wait_timeout)
         self.buffers = buffer_names(buffers)
-        self.sampler = SeededSampler(sample_seed, query_timeout=self.node_wait_timeout)
+        self.sampler = SeededSampler(sample_seed, query_timeout=query_timeout)
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
 
