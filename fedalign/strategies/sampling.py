@@ -14,6 +14,7 @@ changed.
 
 from __future__ import annotations
 
+import time
 from logging import INFO, WARNING
 
 import numpy as np
@@ -40,13 +41,14 @@ class SeededSampler:
         unknown = [n for n in node_ids if n not in self.partitions]
         if not unknown:
             return
+        started = time.monotonic()
         replies = grid.send_and_receive([partition_query(n) for n in unknown], timeout=self.query_timeout)
         for msg in replies:
             self.partitions[int(msg.metadata.src_node_id)] = partition_of_reply(msg)
         silent = [n for n in unknown if self.partitions.get(n) is None]
         for n in silent:
             self.partitions[n] = None
-        log(INFO, "learned the partition ids of %d nodes", len(unknown) - len(silent))
+        log(INFO, "learned the partition ids of %d nodes in %.1f s", len(unknown) - len(silent), time.monotonic() - started)
         if silent:
             log(WARNING, "%d nodes did not report a partition id; they are sampled by node id", len(silent))
 
