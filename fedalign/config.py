@@ -36,7 +36,8 @@ DEFAULTS: dict[str, object] = {
     "rho": 0.4,
     "granularity": "weight",
     "mask-seed": 0,
-    "resample-every": 0,  # >0: a fresh seeded mask every k rounds
+    "resample-every": 0,  # fedpnu only: >0 = a fresh seeded mask every k rounds, alternating within it
+    "mask-include": "",  # comma-separated fnmatch patterns: only these parameters are masked ("" = all)
     "mask-exclude": "",  # comma-separated fnmatch patterns kept fully trainable
     "proximal-mu": 0.0,  # used by fedprox (0.01 when left at 0)
     "server-lr": 0.01,  # eta of FedAdam/FedYogi
@@ -123,6 +124,14 @@ def validate(config: Mapping[str, object]) -> None:
         raise UsageError(f"fraction-evaluate={config['fraction-evaluate']} must be in [0, 1]")
     if not 0 < float(config["fraction-train"]) <= 1:
         raise UsageError(f"fraction-train={config['fraction-train']} must be in (0, 1]")
+    if int(config["resample-every"]) < 0:
+        raise UsageError(f"resample-every={config['resample-every']} must be >= 0 (0 = never resample)")
+    if int(config["resample-every"]) > 0 and config["strategy"] != "fedpnu":
+        raise UsageError(
+            f"resample-every={config['resample-every']} does not apply to strategy "
+            f"{config['strategy']!r}: fedpfn trains one fixed subspace; use strategy fedpnu "
+            "(alternate within each resampled mask) or resample-every 0"
+        )
     if int(config["num-rounds"]) < 1:
         raise UsageError(f"num-rounds={config['num-rounds']} must be >= 1")
 

@@ -1,8 +1,9 @@
 """The subspace wire protocol shared by the server strategies and the clients.
 
 Round 0 (a node's first train message): the config carries the bit-packed
-mask and its digest. Every train message carries the digest and the round's
-schedule position (which mask version, whether to use its complement). A node
+mask and its digest. Every train message carries the digest of the mask
+version the round uses and whether to train in its complement (the digest
+names the version, so no separate version number is sent). A node
 keeps the mask in its `Context.state`; if it lacks the announced digest it
 must not train in another subspace: it replies with an error whose reason
 starts with `MASK_MISSING`, and the server re-sends the mask next time.
@@ -20,7 +21,6 @@ from fedalign.masks import SubspaceMask
 MASK_BLOB = "fedalign-mask"  # bytes, only when the node needs the mask
 MASK_DIGEST = "fedalign-mask-digest"  # str, every round
 MASK_COMPLEMENT = "fedalign-complement"  # bool, schedule position: train in 1 - M
-MASK_VERSION = "fedalign-mask-version"  # int, schedule position: which sampled mask
 STATE_KEY = "fedalign-mask"  # ConfigRecord in Context.state holding the node's mask
 MASK_MISSING = "fedalign:mask-missing"  # prefix of the error reason a node replies with
 REPLY_RECORD = "fedalign"  # ConfigRecord in a train reply: what the node trained under
@@ -51,7 +51,6 @@ def write_round_config(
 ) -> None:
     """Fill a train message's config with the round's subspace announcement."""
     config[MASK_DIGEST] = mask.digest
-    config[MASK_VERSION] = position.version
     config[MASK_COMPLEMENT] = position.complement
     if include_blob:
         config[MASK_BLOB] = mask.to_bytes()

@@ -4,7 +4,8 @@
 deployment scripts): build model and strategy, run the rounds with central
 evaluation of the global model after each, and write the run directory:
 
-    metrics.json   config, environment, per-round metrics, mask digest and wire counts
+    metrics.json   config, environment, per-round metrics, mask digest, wire counts and
+                   effective mask schedule, partitions sampled per round
     metrics.csv    per-round metrics
     initial_model.pt, final_model.pt, mask.bin (the round-1 mask, when there is one),
     scaffold_c.pt (SCAFFOLD's server control variate c at the end)
@@ -43,6 +44,17 @@ def _torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
+def train_config_record(config: Mapping[str, object]) -> ConfigRecord:
+    """What the server adds to every train message's config: nothing.
+
+    Clients derive every local hyper-parameter (lr and its per-round decay,
+    momentum, ...) from the same run config; the strategies add the round
+    number, FedProx's proximal-mu and the subspace announcement. Sending a
+    value the client does not read (the old `lr`) would only mislead.
+    """
+    return ConfigRecord()
+
+
 def run_server(
     grid: Grid, run_config: Mapping[str, object], on_round: RoundCallback | None = None
 ) -> dict:
@@ -77,7 +89,7 @@ def run_server(
         initial_arrays=ArrayRecord(initial_state),
         num_rounds=int(config["num-rounds"]),
         timeout=float(config["round-timeout"]),
-        train_config=ConfigRecord({"lr": float(config["lr"])}),
+        train_config=train_config_record(config),
         evaluate_fn=central_evaluate,
     )
     for row in rounds:
@@ -110,6 +122,7 @@ def run_server(
             "resends": strategy.mask_resends,
             "bytes_sent": strategy.mask_bytes_sent,
             "nodes": {str(k): v for k, v in sorted(strategy.node_log.items())},
+            "schedule": strategy.schedule_record(int(config["num-rounds"])),
         }
         atomic_write_bytes(out_dir / "mask.bin", mask.to_bytes())
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)
@@ -117,6 +130,9 @@ def run_server(
     if control is not None:
         state = {k: torch.from_numpy(v) for k, v in control.items()}
         atomic_write_bytes(out_dir / "scaffold_c.pt", _torch_bytes(state))
+    sampler = getattr(strategy, "sampler", None)
+    if sampler is not None:  # partition ids that took part, per round (empty: every node)
+        record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
     atomic_write_bytes(out_dir / "initial_model.pt", _torch_bytes(initial_state))
     atomic_write_bytes(out_dir / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from fedalign.clients import scaffold
 from fedalign.config import resolve
+from fedalign.partition_query import answer_partition_query
 from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
 from fedalign.run_setup import model_for, partitions_for, splits_for
 from fedalign.training import TrainConfig, evaluate, seeded_loader, train
@@ -123,6 +124,10 @@ def build_client_app(overrides: Mapping[str, object] | None = None) -> ClientApp
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return evaluate_handler(msg, context, resolve({**context.run_config, **extra}))
+
+    @client_app.query("partition_id")  # seeded sampling asks which partition a node trains
+    def _partition_id(msg: Message, context: Context) -> Message:
+        return answer_partition_query(msg, context)
 
     return client_app
 

@@ -41,23 +41,32 @@ def build_base(name: str, config: Mapping[str, object], model=None) -> Strategy:
 
 
 def schedule_for(config: Mapping[str, object]) -> MaskSchedule:
+    """fedpfn: `fixed`; fedpnu: `alternate`, or `alternate-resample` with resample-every k > 0.
+
+    fedpfn with resample-every > 0 is refused by `config.validate` (a fixed
+    subspace cannot be resampled).
+    """
     every = int(config["resample-every"])
-    if every > 0:
-        return MaskSchedule("resample", every=every)
-    return MaskSchedule("alternate" if config["strategy"] == "fedpnu" else "fixed")
+    if config["strategy"] == "fedpnu":
+        return MaskSchedule("alternate-resample", every=every) if every > 0 else MaskSchedule("alternate")
+    return MaskSchedule("fixed")
+
+
+def _patterns(text: object) -> list[str] | None:
+    return [p.strip() for p in str(text).split(",") if p.strip()] or None
 
 
 def build_strategy(config: Mapping[str, object], model) -> Strategy:
     """The strategy of a resolved run config (see `fedalign.config`)."""
     name = str(config["strategy"])
     wait = float(config["node-wait-timeout"])
+    sampling = dict(sample_seed=int(config["seed"]), query_timeout=float(config["round-timeout"]))
     if name in ("fedavg", "fedprox", "scaffold"):
-        return GuardedStrategy(build_base(name, config, model), node_wait_timeout=wait)
+        return GuardedStrategy(build_base(name, config, model), node_wait_timeout=wait, buffers=model, **sampling)
     if name == "fedavg-wm":
         from fedalign.strategies.matched import WeightMatchedStrategy
 
-        return WeightMatchedStrategy(build_base("fedavg", config), model, node_wait_timeout=wait)
-    exclude = [p.strip() for p in str(config["mask-exclude"]).split(",") if p.strip()]
+        return WeightMatchedStrategy(build_base("fedavg", config), model, node_wait_timeout=wait, **sampling)
     return SubspaceStrategy(
         build_base(str(config["base-strategy"]), config, model),
         model,
@@ -65,6 +74,8 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
         seed=int(config["mask-seed"]),
         schedule=schedule_for(config),
         granularity=str(config["granularity"]),
-        exclude=exclude or None,
+        include=_patterns(config["mask-include"]),
+        exclude=_patterns(config["mask-exclude"]),
         node_wait_timeout=wait,
+        **sampling,
     )

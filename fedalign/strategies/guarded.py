@@ -1,11 +1,17 @@
 """A pass-through wrapper around any Flower strategy that makes it safe to run.
 
-Two guards every fedalign strategy shares:
+What every fedalign strategy shares:
 
 * Flower's `sample_nodes` waits forever for `min_available_nodes`; here the
   wait is bounded by `node_wait_timeout` and ends in a clear error.
+* Which nodes take part is chosen by a generator seeded from `sample_seed`,
+  over partition ids (`SeededSampler`), so seeded runs train the same clients.
 * A reply whose arrays hold NaN/Inf, or whose keys/shapes differ from the
   model sent out, is rejected and counted, never averaged.
+* Buffers (BatchNorm statistics, counters) are averaged plainly, outside any
+  server-optimizer step; integer buffers are rounded (`strategies.buffers`).
+* After every round the base strategy's own copy of the global model is set
+  to the model returned (`strategies.base_state`).
 
 Subclasses override the small hooks `_prepare_train_messages` and
 `_finish_aggregate`; everything else is the base strategy's own behaviour.
@@ -25,6 +31,9 @@ from flwr.supercore import log
 
 from fedalign.errors import UsageError
 from fedalign.protocol import reply_order_key
+from fedalign.strategies.base_state import sync_base_model
+from fedalign.strategies.buffers import average_buffers, buffer_names, cast_like, integer_keys
+from fedalign.strategies.sampling import SeededSampler
 
 
 class NotEnoughNodesError(UsageError):
@@ -38,16 +47,32 @@ def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 def numpy_to_arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
     record = ArrayRecord()
     for key, value in values.items():
-        record[key] = Array.from_numpy_ndarray(np.ascontiguousarray(value))
+        record[key] = Array.from_numpy_ndarray(np.asarray(value, order="C"))  # keeps 0-d shapes
     return record
 
 
 class GuardedStrategy(Strategy):
-    """Delegate to `base`, with a bounded node wait and reply validation."""
+    """Delegate to `base`, with a bounded node wait, seeded sampling and reply validation.
 
-    def __init__(self, base: Strategy, node_wait_timeout: float = 60.0) -> None:
+    `buffers`: the model (its state-dict keys that are not parameters are
+    buffers) or the buffer names; integer arrays count as buffers anyway.
+    `sample_seed`: seeds which nodes take part when not all do;
+    `query_timeout`: how long nodes may take to report their partition id
+    (a node too slow for that is too slow to train a round as well).
+    """
+
+    def __init__(
+        self,
+        base: Strategy,
+        node_wait_timeout: float = 60.0,
+        buffers=None,
+        sample_seed: int = 0,
+        query_timeout: float = 600.0,
+    ) -> None:
         self.base = base
         self.node_wait_timeout = float(node_wait_timeout)
+        self.buffers = buffer_names(buffers)
+        self.sampler = SeededSampler(sample_seed, query_timeout=query_timeout)
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
 
@@ -96,6 +121,7 @@ class GuardedStrategy(Strategy):
         self.wait_for_nodes(grid, self._nodes_needed(train=True))
         self._sent = arrays_to_numpy(arrays)
         messages = list(self.base.configure_train(server_round, arrays, config, grid))
+        messages = self.sampler.retarget(messages, grid, server_round, "train")
         return self._prepare_train_messages(server_round, messages)
 
     def _prepare_train_messages(self, server_round: int, messages: list[Message]) -> list[Message]:
@@ -109,7 +135,9 @@ class GuardedStrategy(Strategy):
         accepted = self._screen_replies(server_round, replies)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
         if arrays is not None:
-            arrays = self._finish_aggregate(server_round, self._keep_dtypes(arrays))
+            arrays = self._average_buffers(self._keep_dtypes(arrays), accepted)
+            arrays = self._finish_aggregate(server_round, arrays)
+            sync_base_model(self.base, arrays)
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
         return arrays, metrics
@@ -189,6 +217,19 @@ class GuardedStrategy(Strategy):
             {k: v.astype(self._sent[k].dtype) if k in self._sent else v for k, v in values.items()}
         )
 
+    def _average_buffers(self, arrays: ArrayRecord, accepted: list[Message]) -> ArrayRecord:
+        """Replace the base's buffers by their plain weighted average (integers rounded)."""
+        values = arrays_to_numpy(arrays)
+        keys = (self.buffers | integer_keys(self._sent or values)) & set(values)
+        weighted_by = str(getattr(self.base, "weighted_by_key", "num-examples"))
+        averaged = average_buffers(accepted, keys, weighted_by)
+        if not averaged:
+            return arrays
+        like = self._sent or values
+        for key, value in averaged.items():
+            values[key] = cast_like(value, like[key])
+        return numpy_to_arrays(values)
+
     def _finish_aggregate(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Hook: post-process the base strategy's aggregate (default: unchanged)."""
         return arrays
@@ -200,7 +241,8 @@ class GuardedStrategy(Strategy):
         if getattr(self.base, "fraction_evaluate", 1.0) == 0.0:
             return []
         self.wait_for_nodes(grid, self._nodes_needed(train=False))
-        return self.base.configure_evaluate(server_round, arrays, config, grid)
+        messages = list(self.base.configure_evaluate(server_round, arrays, config, grid))
+        return self.sampler.retarget(messages, grid, server_round, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.base.aggregate_evaluate(server_round, replies)

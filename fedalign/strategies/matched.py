@@ -19,8 +19,10 @@ from fedalign.strategies.guarded import GuardedStrategy
 class WeightMatchedStrategy(GuardedStrategy):
     """Permute every accepted client model onto the global model, then let `base` average."""
 
-    def __init__(self, base: Strategy, model: torch.nn.Module, node_wait_timeout: float = 60.0) -> None:
-        super().__init__(base, node_wait_timeout=node_wait_timeout)
+    def __init__(
+        self, base: Strategy, model: torch.nn.Module, node_wait_timeout: float = 60.0, **guard
+    ) -> None:
+        super().__init__(base, node_wait_timeout=node_wait_timeout, buffers=model, **guard)
         self.spec = spec_for(model)
         self.round_iterations = 0
         self.round_seconds = 0.0

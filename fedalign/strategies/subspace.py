@@ -10,7 +10,9 @@ FedPFN and FedPNU are this wrapper with a schedule. Per round:
    mask re-sent next time); the base strategy aggregates the rest (FedAvg,
    FedAvgM, FedAdam, FedYogi, FedProx, ...); then every entry fixed in this
    round is restored to its value in the previous global model, so neither a
-   server optimizer nor a faulty client can move it.
+   server optimizer nor a faulty client can move it; buffers are averaged
+   plainly and the base strategy's own copy of the model is re-synced to the
+   restored one (see `GuardedStrategy`).
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ class SubspaceStrategy(GuardedStrategy):
     base : Strategy
         Any Flower message-API strategy; its sampling and aggregation are used.
     model : torch.nn.Module or mapping of parameter name -> shape
-        The architecture the mask is sampled for (parameters only, not buffers).
+        The architecture the mask is sampled for (parameters only, not
+        buffers); a module also names the buffers, which are averaged plainly.
     rho : float
         Fraction of entries FIXED (published default 0.4).
     seed : int
         Mask seed; mask version v uses seed + v.
     schedule : MaskSchedule
-        `fixed` (FedPFN), `alternate` (FedPNU) or `resample`.
+        `fixed` (FedPFN), `alternate` (FedPNU), `resample` or
+        `alternate-resample` (FedPNU with a fresh mask every k rounds).
     granularity, include, exclude
         As in `SubspaceMask.sample`.
     """
@@ -65,8 +69,16 @@ class SubspaceStrategy(GuardedStrategy):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         node_wait_timeout: float = 60.0,
+        sample_seed: int = 0,
+        query_timeout: float = 600.0,
     ) -> None:
-        super().__init__(base, node_wait_timeout=node_wait_timeout)
+        super().__init__(
+            base,
+            node_wait_timeout=node_wait_timeout,
+            buffers=model if isinstance(model, torch.nn.Module) else None,
+            sample_seed=sample_seed,
+            query_timeout=query_timeout,
+        )
         self.schedule = MaskSchedule(schedule) if isinstance(schedule, str) else schedule
         self._sample_args = dict(rho=rho, granularity=granularity, include=include, exclude=exclude)
         self._model_shapes = (
@@ -81,6 +93,7 @@ class SubspaceStrategy(GuardedStrategy):
         self.mask_bytes_sent = 0
         self.mask_resends = 0
         self._round_mask: SubspaceMask | None = None
+        self._round_digests: dict[int, str] = {}  # round -> digest of the mask it trained under
         self._current_round = 0
         self.node_log: dict[int, dict] = {}  # node id -> first round, verified rounds
 
@@ -88,6 +101,9 @@ class SubspaceStrategy(GuardedStrategy):
     def mask_version(self, version: int) -> SubspaceMask:
         """The sampled mask M of a schedule version (cached)."""
         if version not in self._masks:
+            # Keep M_0 (`mask`) and the latest version only: a resampling run must
+            # not hold one mask per version in memory.
+            self._masks = {v: m for v, m in self._masks.items() if v == 0}
             self._masks[version] = SubspaceMask.sample(
                 self._model_shapes, seed=self.seed + version, **self._sample_args
             )
@@ -98,6 +114,21 @@ class SubspaceStrategy(GuardedStrategy):
         position = self.schedule.position(server_round)
         mask = self.mask_version(position.version)
         return mask.complement() if position.complement else mask
+
+    def schedule_record(self, num_rounds: int) -> dict:
+        """The effective schedule of a run, for metrics.json: kind, k and each round's position.
+
+        `digest` is the digest of the mask the round trained under (M_v or
+        1 - M_v), for rounds that have run.
+        """
+        rounds = []
+        for server_round in range(1, int(num_rounds) + 1):
+            position = self.schedule.position(server_round)
+            row = {"round": server_round, "version": position.version, "complement": position.complement}
+            if server_round in self._round_digests:
+                row["digest"] = self._round_digests[server_round]
+            rounds.append(row)
+        return {"kind": self.schedule.kind, "every": self.schedule.every, "rounds": rounds}
 
     @property
     def mask(self) -> SubspaceMask:
@@ -124,6 +155,7 @@ class SubspaceStrategy(GuardedStrategy):
         position: RoundPosition = self.schedule.position(server_round)
         base_mask = self.mask_version(position.version)
         self._round_mask = base_mask.complement() if position.complement else base_mask
+        self._round_digests[server_round] = self._round_mask.digest
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id

@@ -65,7 +65,7 @@ CONTROLLED = ("alpha", "seed", "strategy", "num-rounds", "fraction-train", "outp
 # Keys a strategy entry may set (the rest of a cell comes from the top level).
 STRATEGY_KEYS = (
     "name", "strategy", "base-strategy", "rho", "granularity", "mask-seed", "resample-every",
-    "mask-exclude", "proximal-mu", "server-lr", "server-momentum", "scaffold-server-lr",
+    "mask-include", "mask-exclude", "proximal-mu", "server-lr", "server-momentum", "scaffold-server-lr",
 )  # fmt: skip
 SUBSPACE = ("fedpfn", "fedpnu")
 DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # what torchvision can fetch
@@ -75,7 +75,8 @@ _APPLIES = {
     "rho": (lambda s: s["strategy"] in SUBSPACE, "rho is the fixed fraction of fedpfn/fedpnu"),
     "granularity": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu use a mask"),
     "mask-seed": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu use a mask"),
-    "resample-every": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu use a mask"),
+    "resample-every": (lambda s: s["strategy"] == "fedpnu", "only fedpnu resamples its mask"),
+    "mask-include": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu use a mask"),
     "mask-exclude": (lambda s: s["strategy"] in SUBSPACE, "only fedpfn/fedpnu use a mask"),
     "proximal-mu": (
         lambda s: "fedprox" in (s["strategy"], s.get("base-strategy")),
@@ -201,7 +202,7 @@ def _parse_strategy(entry, ck: _Checker, index: int) -> dict[str, object]:
         s["strategy"] = head
         if base:
             s.setdefault("base-strategy", base)
-    for key in ("strategy", "base-strategy", "granularity", "mask-exclude"):
+    for key in ("strategy", "base-strategy", "granularity", "mask-include", "mask-exclude"):
         if key in s:
             s[key] = ck.str(f"{where}.{key}", s[key])
     if s["strategy"] not in run_config.STRATEGIES:
