@@ -1,11 +1,14 @@
 """A pass-through wrapper around any Flower strategy that makes it safe to run.
 
-Two guards every fedalign strategy shares:
+Three guards every fedalign strategy shares:
 
 * Flower's `sample_nodes` waits forever for `min_available_nodes`; here the
   wait is bounded by `node_wait_timeout` and ends in a clear error.
 * A reply whose arrays hold NaN/Inf, or whose keys/shapes differ from the
   model sent out, is rejected and counted, never averaged.
+* A run in which no client succeeds stops: after `max_failed_rounds`
+  consecutive rounds without one usable reply it ends in a clear error
+  instead of running every remaining round on the unchanged model.
 
 Subclasses override the small hooks `_prepare_train_messages` and
 `_finish_aggregate`; everything else is the base strategy's own behaviour.
@@ -31,6 +34,10 @@ class NotEnoughNodesError(UsageError):
     """Fewer nodes connected than the strategy needs, within the wait limit."""
 
 
+class NoClientSucceededError(UsageError):
+    """`max_failed_rounds` rounds in a row brought no usable reply: the run cannot make progress."""
+
+
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
@@ -45,9 +52,11 @@ def numpy_to_arrays(values: dict[str, np.ndarray]) -> ArrayRecord:
 class GuardedStrategy(Strategy):
     """Delegate to `base`, with a bounded node wait and reply validation."""
 
-    def __init__(self, base: Strategy, node_wait_timeout: float = 60.0) -> None:
+    def __init__(self, base: Strategy, node_wait_timeout: float = 60.0, max_failed_rounds: int = 3) -> None:
         self.base = base
         self.node_wait_timeout = float(node_wait_timeout)
+        self.max_failed_rounds = int(max_failed_rounds)
+        self.failed_rounds = 0  # consecutive rounds without a usable reply
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
 
@@ -107,12 +116,30 @@ class GuardedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         accepted = self._screen_replies(server_round, replies)
+        self._count_failure(server_round, replies, accepted)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
         if arrays is not None:
             arrays = self._finish_aggregate(server_round, self._keep_dtypes(arrays))
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
         return arrays, metrics
+
+    def _count_failure(self, server_round: int, replies: list[Message], accepted: list[Message]) -> None:
+        """Raise once `max_failed_rounds` rounds in a row had no usable reply."""
+        if any(not m.has_error() for m in accepted):
+            self.failed_rounds = 0
+            return
+        self.failed_rounds += 1
+        errors = [m.error.reason for m in replies if m.has_error()]
+        last = " ".join(str(errors[-1]).split())[:200] if errors else "no replies within round-timeout"
+        log(WARNING, "round %d: no usable reply (%d of %d in a row); last error: %s",
+            server_round, self.failed_rounds, self.max_failed_rounds, last)  # fmt: skip
+        if self.failed_rounds >= self.max_failed_rounds:
+            raise NoClientSucceededError(
+                f"no client returned a usable reply in {self.failed_rounds} consecutive rounds "
+                f"(up to round {server_round}); last error: {last}; fix the clients' problem "
+                "(max-failed-rounds sets how many such rounds are tolerated)"
+            )
 
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         """Drop replies that must not be averaged; errors pass to the base's log.
