@@ -52,7 +52,7 @@ def quiet_usage_tracebacks() -> None:
 
 def log_refusal(err: UsageError) -> None:
     """The one line a refused run leaves in its log."""
-    from flwr.common.logger import log
+    from flwr.supercore.logger import log
 
     text = " ".join(str(err).split())
     log(ERROR, "fedalign: error: %s", text[:1000])
@@ -60,7 +60,7 @@ def log_refusal(err: UsageError) -> None:
 
 def write_or_fallback(out_dir: Path, write: Callable[[Path], None]) -> Path:
     """`write(out_dir)`; if that fails with OSError, `write(<temp dir>)` and say so. Returns the dir used."""
-    from flwr.common.logger import log
+    from flwr.supercore.logger import log
 
     try:
         write(out_dir)
@@ -70,3 +70,18 @@ def write_or_fallback(out_dir: Path, write: Callable[[Path], None]) -> Path:
         write(fallback)
         log(WARNING, "fedalign: cannot write %s (%s); the results are in %s", out_dir, err, fallback)
         return fallback
+
+
+def release_simulation_engine() -> None:
+    """In Flower's in-process simulation, stop Ray so calls to dead or hung ClientApp actors return.
+
+    When every client fails, Flower's Ray actor pool can be left with no live
+    actor and its worker threads wait on it forever, so the process would
+    outlive the ServerApp's error. The ServerApp is done at this point, so
+    shutting Ray down only ends those waits. No-op outside a Ray simulation.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

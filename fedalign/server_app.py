@@ -26,7 +26,7 @@ from fedalign.config import resolve
 from fedalign.errors import UsageError
 from fedalign.preflight import check_run_config
 from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
-from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, write_or_fallback
+from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, release_simulation_engine, write_or_fallback
 from fedalign.run_setup import model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
 from fedalign.training import evaluate
@@ -163,6 +163,7 @@ def build_server_app(
             run_server(grid, {**context.run_config, **extra}, on_round=on_round)
         except UsageError as err:  # one line in the log; the run is still marked failed
             log_refusal(err)
+            release_simulation_engine()
             raise
 
     return server_app

@@ -34,7 +34,7 @@ ALL_CLIENTS_FAIL = textwrap.dedent("""
     from fedalign.server_app import build_server_app
 
     config = resolve({"strategy": "fedavg", "model-args": "width=8,depth=1", "num-rounds": 40,
-                      "max-failed-rounds": 2, "round-timeout": 120.0, "train-size": 200, "test-size": 100,
+                      "max-failed-rounds": 2, "round-timeout": 60.0, "train-size": 200, "test-size": 100,
                       "output-dir": sys.argv[1], "client-test-eval": False})
     # Every client builds another model than the server sent: each train reply is an error.
     client = build_client_app({**config, "model-args": "width=16,depth=1"})

@@ -58,7 +58,7 @@ def check_flags(args: argparse.Namespace) -> None:
     from fedalign.preflight import check_output_dir
 
     check(args.clients >= 1, f"--clients {args.clients} must be >= 1")
-    check(math.isfinite(args.alpha) and args.alpha > 0, f"--alpha {args.alpha} must be a finite number > 0 (e.g. 0.1)")
+    check(math.isfinite(args.alpha) and args.alpha > 0, f"alpha={args.alpha} must be > 0 and finite (--alpha; e.g. 0.1 for strong label skew)")
     check(args.train_size >= 0, f"--train-size {args.train_size} must be >= 0 (0 = all)")
     check(args.min_size >= 0, f"--min-size {args.min_size} must be >= 0")
     check(args.classes_per_client >= 1, f"--classes-per-client {args.classes_per_client} must be >= 1")
