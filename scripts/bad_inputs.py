@@ -1,9 +1,11 @@
 """Try bad inputs on every `fedalign` entry point; count those refused in one line with exit 2.
 
-    python scripts/bad_inputs.py            # prints one row per case and the tally
+    python scripts/bad_inputs.py              # one fresh `python -m fedalign` process per case
+    python scripts/bad_inputs.py --in-process # the same cases through fedalign.cli.main (fast)
 
-Each case runs `python -m fedalign ...` in a fresh process in a scratch
-directory, with a pre-existing output directory whose bytes must not change.
+Each case runs in a scratch directory with a pre-existing output directory
+whose bytes must not change; it counts as handled when the exit code is 2,
+stderr is exactly one line, and that directory is byte-identical.
 """
 
 from __future__ import annotations
@@ -72,6 +74,37 @@ def cases(d: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def run_fresh(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "fedalign", *argv], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)  # fmt: skip
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_in_process(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    import contextlib
+    import io
+    import os
+
+    from fedalign import cli
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            except Exception as exc:  # noqa: BLE001 - a traceback is what this script hunts for
+                import traceback
+
+                traceback.print_exc(file=err)
+                code = f"exception {type(exc).__name__}"
+    finally:
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -83,13 +116,12 @@ def main() -> int:
         all_cases = cases(d)
         for name, argv in all_cases:
             before = tree_digest(d / "out")
-            proc = subprocess.run([sys.executable, "-m", "fedalign", *argv], capture_output=True, text=True,
-                                  timeout=300, cwd=d)  # fmt: skip
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
-            ok = proc.returncode == 2 and len(lines) == 1 and tree_digest(d / "out") == before
+            code, stdout, stderr = (run_in_process if "--in-process" in sys.argv else run_fresh)(argv, d)
+            lines = [line for line in stderr.splitlines() if line.strip()]
+            ok = code == 2 and len(lines) == 1 and tree_digest(d / "out") == before
             good += ok
-            shown = (lines[-1] if lines else proc.stdout[-100:])[:150]
-            print(f"{'ok ' if ok else 'BAD'} rc={proc.returncode} lines={len(lines)} {name}: {shown}", flush=True)
+            shown = (lines[-1] if lines else stdout[-100:])[:150]
+            print(f"{'ok ' if ok else 'BAD'} rc={code} lines={len(lines)} {name}: {shown}", flush=True)
         print(f"\n{good} of {len(all_cases)} refused in one line with exit 2, output directory unchanged")
     return 0
 

@@ -305,3 +305,42 @@ def test_report_refuses_a_record_without_its_cell(tmp_path, capsys):
 ])  # fmt: skip
 def test_argparse_errors_are_one_line(capsys, argv, needle):
     refused(capsys, argv, None, needle)
+
+
+# ------------------------------------------------------------ the ServerApp
+def test_server_app_refuses_before_round_one_in_one_log_line(tmp_path):
+    """What `flwr run` logs: our one line; Flower's own traceback of the same error is dropped.
+
+    `grid=None` shows that nothing reached Flower: the refusal comes before the first round.
+    """
+    import logging
+    from io import StringIO
+
+    from flwr.supercore.logger import log
+
+    from fedalign.run_guard import log_refusal, quiet_usage_tracebacks
+    from fedalign.server_app import run_server
+
+    target = write(tmp_path / "a_file", "keep me")
+    stream = StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    try:
+        quiet_usage_tracebacks()
+        for config, needle in (({"rho": 1.5}, "rho=1.5"), ({"alpha": -1.0}, "alpha=-1.0"),
+                               ({"num-rounds": 0}, "num-rounds=0"), ({"strategy": "fedbest"}, "fedbest"),
+                               ({"output-dir": str(target)}, "is a file"),
+                               ({"model-args": "nosuch=1"}, "nosuch")):  # fmt: skip
+            stream.truncate(0), stream.seek(0)
+            with pytest.raises(UsageError, match=needle) as err:
+                run_server(None, config)
+            log_refusal(err.value)
+            # what flwr's run_serverapp and run_simulation log for the same exception:
+            log(logging.ERROR, "ServerApp raised an exception", exc_info=err.value)
+            log(logging.ERROR, f"Traceback (most recent call last):\n  ...\nfedalign.errors.UsageError: {err.value}")
+            lines = [line for line in stream.getvalue().splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("fedalign: error: ") and needle in lines[0], lines
+            assert target.read_text() == "keep me"
+    finally:
+        logger.removeHandler(handler)
