@@ -31,9 +31,11 @@ class _DropUsageTracebacks(logging.Filter):
     """Drop Flower's records that only repeat a UsageError as a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UsageError) or isinstance(getattr(exc, "__cause__", None), UsageError):
-            return False
+        exc, seen = (record.exc_info[1] if record.exc_info else None), 0
+        while exc is not None and seen < 10:  # the UsageError may be a cause or context of what Flower logs
+            if isinstance(exc, UsageError):
+                return False
+            exc, seen = exc.__cause__ or exc.__context__, seen + 1
         message = str(record.msg)
         if message.startswith("Traceback") and _TRACEBACK_OF_USAGE_ERROR.search(message):
             return False

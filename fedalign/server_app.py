@@ -29,6 +29,7 @@ from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_wr
 from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, release_simulation_engine, write_or_fallback
 from fedalign.run_setup import model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
+from fedalign.strategies.guarded import NoClientSucceededError
 from fedalign.training import evaluate
 
 RoundCallback = Callable[[dict], None]
@@ -163,7 +164,8 @@ def build_server_app(
             run_server(grid, {**context.run_config, **extra}, on_round=on_round)
         except UsageError as err:  # one line in the log; the run is still marked failed
             log_refusal(err)
-            release_simulation_engine()
+            if isinstance(err, NoClientSucceededError):  # Ray calls to dead actors may never return
+                release_simulation_engine()
             raise
 
     return server_app

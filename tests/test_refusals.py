@@ -339,6 +339,13 @@ def test_server_app_refuses_before_round_one_in_one_log_line(tmp_path):
             # what flwr's run_serverapp and run_simulation log for the same exception:
             log(logging.ERROR, "ServerApp raised an exception", exc_info=err.value)
             log(logging.ERROR, f"Traceback (most recent call last):\n  ...\nfedalign.errors.UsageError: {err.value}")
+            try:  # flwr run's simulation process logs an exception raised while handling ours
+                try:
+                    raise err.value
+                except UsageError:
+                    raise RuntimeError("An error was encountered. Ending simulation.")  # noqa: B904
+            except RuntimeError as chained:
+                log(logging.ERROR, "Simulation raised an exception", exc_info=chained)
             lines = [line for line in stream.getvalue().splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("fedalign: error: ") and needle in lines[0], lines
             assert target.read_text() == "keep me"

@@ -57,8 +57,9 @@ def test_run_in_which_no_client_succeeds_ends_in_bounded_time(tmp_path):
                           timeout=480, env=env)  # fmt: skip
     seconds = time.perf_counter() - start
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 3, output[-3000:]
-    assert "NoClientSucceededError" in proc.stdout and "2 consecutive rounds" in proc.stdout, output[-3000:]
+    assert proc.returncode == 3, output[-3000:]  # run_simulation raised: the run ended, it did not hang
+    refusal = [line for line in output.splitlines() if "fedalign: error: no client returned a usable reply" in line]
+    assert len(refusal) == 1 and "2 consecutive rounds" in refusal[0], output[-3000:]
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) - 1 < 40, "the run went on after the failed rounds"
     print(f"ended after {seconds:.0f} s with {len(rows) - 1} evaluated rounds")
