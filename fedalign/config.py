@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedalign.errors import UsageError
+from fedalign.safe_yaml import brief
 
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedpfn", "fedpnu", "fedavg-wm")
 BASE_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 DEFAULTS: dict[str, object] = {
     # what is trained
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, object] = {
     "min-nodes": 2,
     "node-wait-timeout": 60.0,  # seconds to wait for min-nodes before failing
     "round-timeout": 600.0,  # seconds to wait for replies in one round
+    "max-failed-rounds": 3,  # stop after this many consecutive rounds without one good reply
     # local training
     "local-epochs": 1,
     "batch-size": 32,
@@ -82,7 +85,7 @@ def _coerce(key: str, value, default):
         if isinstance(value, str):
             return value
     raise UsageError(
-        f"run config key {key!r} must be {type(default).__name__}, got {value!r}; "
+        f"run config key {key!r} must be {type(default).__name__}, got {brief(value)}; "
         f"default is {default!r}"
     )
 
@@ -93,47 +96,90 @@ def resolve(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
     for key, value in (overrides or {}).items():
         if key not in DEFAULTS:
             raise UsageError(
-                f"unknown run config key {key!r}; valid keys: {', '.join(sorted(DEFAULTS))}"
+                f"unknown run config key {brief(key)}; valid keys: {', '.join(sorted(DEFAULTS))}"
             )
         config[key] = _coerce(key, value, DEFAULTS[key])
     validate(config)
     return config
 
 
+# Numeric ranges: key -> (low, low inclusive, high, high inclusive, example); None = unbounded.
+RANGES: dict[str, tuple] = {
+    "train-size": (0, True, None, False, "0 = the whole split"),
+    "test-size": (0, True, None, False, "0 = the whole split"),
+    "alpha": (0, False, None, False, "0.1 for strong skew, 100 for near-IID"),
+    "min-partition-size": (0, True, None, False, "10"),
+    "classes-per-partition": (1, True, None, False, "2"),
+    "partition-seed": (0, True, None, False, "0"),
+    "mask-seed": (0, True, None, False, "0"),
+    "resample-every": (0, True, None, False, "0 = one mask for the whole run"),
+    "proximal-mu": (0, True, None, False, "0.01"),
+    "server-lr": (0, False, None, False, "0.01"),
+    "server-momentum": (0, True, 1, False, "0.9"),
+    "num-rounds": (1, True, None, False, "10"),
+    "fraction-train": (0, False, 1, True, "1.0"),
+    "fraction-evaluate": (0, True, 1, True, "0.0"),
+    "min-nodes": (1, True, None, False, "2"),
+    "node-wait-timeout": (0, False, None, False, "60"),
+    "round-timeout": (0, False, None, False, "600"),
+    "max-failed-rounds": (1, True, None, False, "3"),
+    "local-epochs": (1, True, None, False, "1"),
+    "batch-size": (1, True, None, False, "32"),
+    "lr": (0, False, None, False, "0.05"),
+    "lr-decay": (0, False, 1, True, "0.99"),
+    "momentum": (0, True, 1, False, "0.9"),
+    "weight-decay": (0, True, None, False, "5e-4"),
+    "seed": (0, True, None, False, "0"),
+}
+
+
+def range_problem(key: str, value, rule: tuple) -> str | None:
+    """Why `value` is outside `rule` (a RANGES entry), or None; NaN and infinities never pass."""
+    low, low_in, high, high_in, example = rule
+    v = float(value)
+    ok = v == v and abs(v) != float("inf")
+    ok = ok and (low is None or (v >= low if low_in else v > low))
+    ok = ok and (high is None or (v <= high if high_in else v < high))
+    if ok:
+        return None
+    lo = "" if low is None else ("[" if low_in else "(") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + ("]" if high_in else ")")
+    if high is None:
+        want = f">= {low:g}" if low_in else f"> {low:g}"
+    else:
+        want = f"in {lo}, {hi}"
+    return f"{key}={value!r} must be {want} (e.g. {example})"
+
+
 def validate(config: Mapping[str, object]) -> None:
     """Checks that need more than a type: names, ranges."""
-    from fedalign.masks import check_rho
+    from fedalign.datasets import DATASET_NAMES
+    from fedalign.masks import GRANULARITIES, check_rho
+    from fedalign.models import MODEL_NAMES
 
-    if config["strategy"] not in STRATEGIES:
-        raise UsageError(
-            f"unknown strategy {config['strategy']!r}; valid strategies: {', '.join(STRATEGIES)}"
-        )
-    if config["base-strategy"] not in BASE_STRATEGIES:
-        raise UsageError(
-            f"unknown base-strategy {config['base-strategy']!r}; "
-            f"valid: {', '.join(BASE_STRATEGIES)}"
-        )
-    if config["partitioner"] not in PARTITIONERS:
-        raise UsageError(
-            f"unknown partitioner {config['partitioner']!r}; valid: {', '.join(PARTITIONERS)}"
-        )
-    if not float(config["alpha"]) > 0:
-        raise UsageError(f"alpha={config['alpha']} must be > 0 (e.g. 0.1 for strong skew, 100 for near-IID)")
+    names = {
+        "strategy": STRATEGIES, "base-strategy": BASE_STRATEGIES, "partitioner": PARTITIONERS,
+        "dataset": DATASET_NAMES, "model": MODEL_NAMES, "granularity": GRANULARITIES,
+        "optimizer": OPTIMIZERS,
+    }  # fmt: skip
+    for key, valid in names.items():
+        if config[key] not in valid:
+            label = "valid strategies" if key == "strategy" else "valid"
+            raise UsageError(f"unknown {key} {brief(config[key])}; {label}: {', '.join(valid)}")
+    for key, rule in RANGES.items():
+        problem = range_problem(key, config[key], rule)
+        if problem:
+            raise UsageError(problem)
     check_rho(config["rho"])
-    if not 0 <= float(config["fraction-evaluate"]) <= 1:
-        raise UsageError(f"fraction-evaluate={config['fraction-evaluate']} must be in [0, 1]")
-    if not 0 < float(config["fraction-train"]) <= 1:
-        raise UsageError(f"fraction-train={config['fraction-train']} must be in (0, 1]")
-    if int(config["resample-every"]) < 0:
-        raise UsageError(f"resample-every={config['resample-every']} must be >= 0 (0 = never resample)")
     if int(config["resample-every"]) > 0 and config["strategy"] != "fedpnu":
         raise UsageError(
             f"resample-every={config['resample-every']} does not apply to strategy "
             f"{config['strategy']!r}: fedpfn trains one fixed subspace; use strategy fedpnu "
             "(alternate within each resampled mask) or resample-every 0"
         )
-    if int(config["num-rounds"]) < 1:
-        raise UsageError(f"num-rounds={config['num-rounds']} must be >= 1")
+    if not str(config["output-dir"]).strip():
+        raise UsageError("output-dir is empty; name a directory, e.g. output-dir='outputs/flwr-run'")
+    parse_model_args(str(config["model-args"]))
 
 
 def parse_model_args(text: str) -> dict[str, object]:

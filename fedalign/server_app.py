@@ -25,9 +25,13 @@ from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader
 
 from fedalign.config import resolve
+from fedalign.errors import UsageError
+from fedalign.preflight import check_run_config
 from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
+from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, release_simulation_engine, write_or_fallback
 from fedalign.run_setup import model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
+from fedalign.strategies.guarded import NoClientSucceededError
 from fedalign.training import evaluate
 
 RoundCallback = Callable[[dict], None]
@@ -60,11 +64,13 @@ def run_server(
 ) -> dict:
     """Run all rounds; return (and write) the run record."""
     config = resolve(run_config)
+    check_run_config(config)  # output dir, data, model: refused before the first round
     out_dir = Path(str(config["output-dir"])).expanduser().resolve()
     splits = splits_for(config)
     model = model_for(config, splits)
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}
     strategy = build_strategy(config, model)
+    strategy.max_failed_rounds = int(config["max-failed-rounds"])
     test_loader = DataLoader(splits.test, batch_size=512)
     rounds: list[dict] = []
     clock = {"last": time.perf_counter()}
@@ -79,6 +85,7 @@ def run_server(
         row = {"round": server_round, "accuracy": accuracy, "loss": loss, "seconds": now - clock["last"]}
         clock["last"] = now
         rounds.append(row)
+        _save_rounds_so_far(out_dir, rounds)
         if on_round is not None and server_round > 0:
             on_round(row)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
@@ -112,6 +119,7 @@ def run_server(
         "rounds": rounds,
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
     }
+    mask_bytes = None
     if isinstance(strategy, SubspaceStrategy):
         mask = strategy.mask
         record["mask"] = {
@@ -124,7 +132,7 @@ def run_server(
             "nodes": {str(k): v for k, v in sorted(strategy.node_log.items())},
             "schedule": strategy.schedule_record(int(config["num-rounds"])),
         }
-        atomic_write_bytes(out_dir / "mask.bin", mask.to_bytes())
+        mask_bytes = mask.to_bytes()
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)
     control = getattr(strategy, "control", None)  # SCAFFOLD's server control variate c
     if control is not None:
@@ -134,11 +142,25 @@ def run_server(
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
-    atomic_write_bytes(out_dir / "initial_model.pt", _torch_bytes(initial_state))
-    atomic_write_bytes(out_dir / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))
-    atomic_write_text(out_dir / "metrics.csv", _rounds_csv(rounds))
-    atomic_write_json(out_dir / "metrics.json", record)
+
+    def write(directory: Path) -> None:
+        if mask_bytes is not None:
+            atomic_write_bytes(directory / "mask.bin", mask_bytes)
+        atomic_write_bytes(directory / "initial_model.pt", _torch_bytes(initial_state))
+        atomic_write_bytes(directory / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))
+        atomic_write_text(directory / "metrics.csv", _rounds_csv(rounds))
+        atomic_write_json(directory / "metrics.json", record)
+
+    record["output_dir"] = str(write_or_fallback(out_dir, write))
     return record
+
+
+def _save_rounds_so_far(out_dir: Path, rounds: list[dict]) -> None:
+    """metrics.csv after every round, so a run that dies later keeps its finished rounds."""
+    try:
+        atomic_write_text(out_dir / "metrics.csv", _rounds_csv(rounds))
+    except OSError:
+        pass  # the final write falls back to a temp dir and says where
 
 
 def _rounds_csv(rounds: list[dict]) -> str:
@@ -158,7 +180,14 @@ def build_server_app(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, {**context.run_config, **extra}, on_round=on_round)
+        quiet_usage_tracebacks()
+        try:
+            run_server(grid, {**context.run_config, **extra}, on_round=on_round)
+        except UsageError as err:  # one line in the log; the run is still marked failed
+            log_refusal(err)
+            if isinstance(err, NoClientSucceededError):  # Ray calls to dead actors may never return
+                release_simulation_engine()
+            raise
 
     return server_app
 

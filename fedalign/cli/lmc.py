@@ -75,9 +75,14 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedalign.lmc_study import load_spec, resolve, run_study
+    from fedalign.safe_yaml import load_yaml_mapping
 
-    spec = load_spec(args.spec) if args.spec else {}
+    raw = load_yaml_mapping(args.spec) if args.spec else None  # before torch is imported
+
+    from fedalign.lmc_study import resolve, run_study
+    from fedalign.lmc_study.config import normalize_keys
+
+    spec = normalize_keys(raw, f"spec file {args.spec}") if args.spec else {}
     overrides = overrides_from(args)
     if "methods" in overrides and overrides["methods"] is None:
         methods = list(resolve(spec)["methods"])

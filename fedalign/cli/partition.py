@@ -50,6 +50,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Ranges of the numeric flags and a usable --out, before any data is read."""
+    import math
+
+    from fedalign.errors import check
+    from fedalign.preflight import check_output_dir
+
+    check(args.clients >= 1, f"--clients {args.clients} must be >= 1")
+    check(math.isfinite(args.alpha) and args.alpha > 0, f"alpha={args.alpha} must be > 0 and finite (--alpha; e.g. 0.1 for strong label skew)")
+    check(args.train_size >= 0, f"--train-size {args.train_size} must be >= 0 (0 = all)")
+    check(args.min_size >= 0, f"--min-size {args.min_size} must be >= 0")
+    check(args.classes_per_client >= 1, f"--classes-per-client {args.classes_per_client} must be >= 1")
+    check(args.seed >= 0, f"--seed {args.seed} must be >= 0")
+    check_output_dir(args.out)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -58,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from fedalign.partitioning import partition
     from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
 
+    check_flags(args)
     raw, source = load_raw(args.dataset, args.data_dir, args.download)
     subset = stratified_subset(raw.train_y, args.train_size, args.seed, "--train-size")
     labels = raw.train_y[subset]

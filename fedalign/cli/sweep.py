@@ -38,7 +38,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedalign.safe_yaml import load_yaml_mapping
+
+    load_yaml_mapping(args.spec)  # refuse a bad file before Flower and torch are imported
     from fedalign.sweep import CellFailed, cells_of, load_spec, run_sweep, write_report
+    from fedalign.preflight import check_output_dir, check_sweep
+    from fedalign.sweep.records import check_compatible
     from fedalign.sweep.runner import format_duration, status
     from fedalign.sweep.spec import parse_filters, parse_sets, select
 
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     filters = parse_filters(args.only)
     out = Path(args.out) if args.out else Path("outputs") / str(spec["name"])
     cells = select(cells_of(spec), filters)
+    check_output_dir(out)
     if args.dry_run:
         done = status(out, spec, cells)
         for c in cells:
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             f"output {out}"
         )
         return 0
+    check_compatible(out, spec)  # another spec's results there: refuse before any work
+    check_sweep(spec)  # data, model, client split, CPUs: refuse before the first cell starts
     try:
         result = run_sweep(spec, out, filters, spec_file=args.spec)
     except CellFailed as err:

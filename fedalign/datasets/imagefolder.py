@@ -62,7 +62,7 @@ def _decode(samples: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray, boo
             with Image.open(path) as im:
                 gray = gray and im.mode in _GRAY_MODES
                 arr = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
             raise UsageError(f"cannot decode image {path} ({err}); remove or replace the file") from None
         if size is None:
             size = arr.shape

@@ -26,6 +26,9 @@ def run_study(
     c: Mapping[str, object], out: Path, stream=sys.stderr, command: list[str] | None = None
 ) -> dict[str, Path]:
     """Run (or resume) every cell of `c` and write the outputs under `out`."""
+    from fedalign.preflight import check_lmc
+
+    check_lmc(c, out)  # everything that can be refused is refused before a file is touched
     start = time.perf_counter()
     results = run_cells(c, Path(out), stream)
     return write_outputs(c, results, Path(out), {"command": command, "report_seconds": time.perf_counter() - start})

@@ -10,16 +10,21 @@ study runs every combination ("variant") and every method for every seed.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedalign.config import RANGES as RUN_RANGES
+from fedalign.config import range_problem
 from fedalign.errors import UsageError, check
 from fedalign.masks import GRANULARITIES, check_rho
 from fedalign.models import MODEL_NAMES
+from fedalign.safe_yaml import brief
 
 METHODS = ("vanilla", "pfn", "prune")
 SPLITS = ("order", "dirichlet")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+RANGES = {k: RUN_RANGES[k] for k in ("alpha", "lr", "momentum", "weight-decay")}
 
 DEFAULTS: dict[str, object] = {
     "name": "lmc",
@@ -64,17 +69,17 @@ DEFAULTS: dict[str, object] = {
     "threads": 0,  # torch.set_num_threads; 0 = leave torch's default
 }
 
-# Keys that change what a cell computes: a finished cell is reused only if they match.
-CELL_KEYS = (
-    "dataset", "data-dir", "train-size", "test-size", "data-seed", "model", "num-models",
-    "split", "alpha", "min-partition-size", "granularity", "mask-include", "mask-exclude",
-    "match", "match-max-iter", "epochs", "lr", "momentum", "weight-decay", "batch-size",
-    "optimizer", "points", "bn-reestimate", "bn-batches",
-)  # fmt: skip
+# Keys that do not change any number a cell computes.
+COSMETIC = ("name", "download", "threads")
+# Keys that pick WHICH cells run; each cell records its own value (seed, method, rho, model arguments).
+AXES = ("seeds", "methods", "rho", "prune-rho", "model-args", "sweep")
+# Every other key changes what a cell computes: a finished cell is reused only if they all match
+# (and its model arguments, stored as its variant). A key added to DEFAULTS joins automatically.
+CELL_KEYS = tuple(k for k in DEFAULTS if k not in COSMETIC + AXES)
 
 
 def _type_error(key: str, value, want: str):
-    return UsageError(f"spec key {key!r} must be {want}, got {value!r}")
+    return UsageError(f"spec key {key!r} must be {want}, got {brief(value)}")
 
 
 def _int(key, value, low=None):
@@ -87,8 +92,8 @@ def _int(key, value, low=None):
 
 
 def _float(key, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise _type_error(key, value, "a number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _type_error(key, value, "a finite number")
     return float(value)
 
 
@@ -133,7 +138,7 @@ def normalize_keys(raw: Mapping[str, object], where: str = "spec") -> dict[str, 
     unknown = sorted(k for k in out if k not in DEFAULTS)
     if unknown:
         raise UsageError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)}; "
+            f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(map(brief, unknown[:5]))}; "
             f"valid keys: {', '.join(DEFAULTS)}"
         )
     return out
@@ -149,7 +154,7 @@ def resolve(overrides: Mapping[str, object] | None = None, where: str = "spec") 
     for key in ("download", "match"):
         c[key] = _bool(key, cfg[key])
     for key, low in (("train-size", 0), ("test-size", 0), ("data-seed", 0), ("num-models", 2),
-                     ("min-partition-size", 1), ("match-max-iter", 1), ("epochs", 0),
+                     ("min-partition-size", 1), ("match-max-iter", 1), ("epochs", 1),
                      ("batch-size", 1), ("points", None), ("bn-batches", 1),
                      ("eval-batch-size", 1), ("threads", 0)):  # fmt: skip
         c[key] = _int(key, cfg[key], low)
@@ -200,7 +205,9 @@ def _validate(c: Mapping[str, object]) -> None:
     check(len(c["methods"]) > 0, "methods is empty; choose from " + ", ".join(METHODS))
     check(len(c["seeds"]) > 0, "seeds is empty; give at least one seed (3 for mean ± std)")
     check(len(set(c["seeds"])) == len(c["seeds"]), f"seeds repeat: {c['seeds']}")
-    check(c["alpha"] > 0, f"alpha={c['alpha']} must be > 0")
+    for key in ("alpha", "lr", "momentum", "weight-decay"):
+        problem = range_problem(key, c[key], RANGES[key])
+        check(problem is None, f"spec key {problem}")
     for arg in c["sweep"]:
         check(arg not in c["model-args"], f"model argument {arg!r} is both in model-args and sweep; keep one")
     check(
@@ -211,18 +218,9 @@ def _validate(c: Mapping[str, object]) -> None:
 
 def load_spec(path: str | Path) -> dict[str, object]:
     """Read a YAML spec file (keys as in DEFAULTS); not yet resolved."""
-    import yaml
+    from fedalign.safe_yaml import load_yaml_mapping
 
-    path = Path(path)
-    check(path.is_file(), f"spec file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"spec file {path} is not valid YAML: {first}") from None
-    raw = raw or {}
-    check(isinstance(raw, Mapping), f"spec file {path} must hold a mapping of keys to values")
-    return normalize_keys(raw, f"spec file {path}")
+    return normalize_keys(load_yaml_mapping(path, "spec file"), f"spec file {path}")
 
 
 def variants(c: Mapping[str, object]) -> list[dict[str, object]]:

@@ -32,6 +32,7 @@ from fedalign.masks import SubspaceMask
 from fedalign.matching import match_models, spec_for
 from fedalign.models import build_model, has_batchnorm
 from fedalign.provenance import atomic_write_json
+from fedalign.safe_yaml import brief
 from fedalign.training import TrainConfig, seeded_loader, train
 
 
@@ -240,22 +241,30 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def load_finished(path: Path, c: Mapping[str, object]) -> dict | None:
-    """The stored result of a cell, None if absent; UsageError if made under other settings."""
+def load_finished(path: Path, c: Mapping[str, object], cell: Cell | None = None) -> dict | None:
+    """The stored result of a cell, None if absent; UsageError if made under other settings.
+
+    "Other settings" is any key in CELL_KEYS or other model arguments: a result is
+    never reused for, or relabelled as, a configuration it was not computed with.
+    """
     if not path.is_file():
         return None
     try:
         result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # unreadable (should not happen with atomic writes): recompute
+    if not isinstance(result, dict):
+        return None
     want = _jsonable({k: c[k] for k in CELL_KEYS})
     # A key added to CELL_KEYS after a cell was written counts as its default.
-    have = {**_jsonable({k: DEFAULTS[k] for k in CELL_KEYS}), **result.get("settings", {})}
+    have = {**_jsonable({k: DEFAULTS[k] for k in CELL_KEYS}), **(result.get("settings") or {})}
     differ = [k for k in CELL_KEYS if have.get(k) != want.get(k)]
-    if differ:
-        shown = ", ".join(f"{k}={have.get(k)!r} (now {want.get(k)!r})" for k in differ[:4])
+    shown = [f"{k}={brief(have.get(k))} (now {brief(want.get(k))})" for k in differ[:4]]
+    if cell is not None and result.get("variant") != _jsonable(dict(cell.variant)):
+        shown.insert(0, f"model arguments {brief(result.get('variant'))} (now {brief(dict(cell.variant))})")
+    if shown:
         raise UsageError(
-            f"{path} was computed with other settings: {shown}; use another --out "
+            f"{path} was computed with other settings: {'; '.join(shown)}; use another --out "
             "or delete that directory to recompute"
         )
     return result
@@ -267,7 +276,7 @@ def run_cells(c: Mapping[str, object], out: Path, progress_stream=sys.stderr) ->
         torch.set_num_threads(c["threads"])
     cells = cells_of(c)
     paths = {cell.id: out / "cells" / f"{cell.id}.json" for cell in cells}
-    done = {cell.id: load_finished(paths[cell.id], c) for cell in cells}
+    done = {cell.id: load_finished(paths[cell.id], c, cell) for cell in cells}
     todo = [cell for cell in cells if done[cell.id] is None]
     progress = Progress(len(todo) * c["num-models"] * c["epochs"], len(cells), progress_stream)
     for i, cell in enumerate(cells, start=1):

@@ -12,6 +12,9 @@ What every fedalign strategy shares:
   server-optimizer step; integer buffers are rounded (`strategies.buffers`).
 * After every round the base strategy's own copy of the global model is set
   to the model returned (`strategies.base_state`).
+* A run in which no client succeeds stops: after `max_failed_rounds`
+  consecutive rounds without one usable reply it ends in a clear error
+  instead of running every remaining round on the unchanged model.
 
 Subclasses override the small hooks `_prepare_train_messages` and
 `_finish_aggregate`; everything else is the base strategy's own behaviour.
@@ -38,6 +41,10 @@ from fedalign.strategies.sampling import SeededSampler
 
 class NotEnoughNodesError(UsageError):
     """Fewer nodes connected than the strategy needs, within the wait limit."""
+
+
+class NoClientSucceededError(UsageError):
+    """`max_failed_rounds` rounds in a row brought no usable reply: the run cannot make progress."""
 
 
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -68,11 +75,14 @@ class GuardedStrategy(Strategy):
         buffers=None,
         sample_seed: int = 0,
         query_timeout: float = 600.0,
+        max_failed_rounds: int = 3,
     ) -> None:
         self.base = base
         self.node_wait_timeout = float(node_wait_timeout)
         self.buffers = buffer_names(buffers)
         self.sampler = SeededSampler(sample_seed, query_timeout=query_timeout)
+        self.max_failed_rounds = int(max_failed_rounds)
+        self.failed_rounds = 0  # consecutive rounds without a usable reply
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
 
@@ -133,6 +143,7 @@ class GuardedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         accepted = self._screen_replies(server_round, replies)
+        self._count_failure(server_round, replies, accepted)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
         if arrays is not None:
             arrays = self._average_buffers(self._keep_dtypes(arrays), accepted)
@@ -141,6 +152,23 @@ class GuardedStrategy(Strategy):
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
         return arrays, metrics
+
+    def _count_failure(self, server_round: int, replies: list[Message], accepted: list[Message]) -> None:
+        """Raise once `max_failed_rounds` rounds in a row had no usable reply."""
+        if any(not m.has_error() for m in accepted):
+            self.failed_rounds = 0
+            return
+        self.failed_rounds += 1
+        errors = [m.error.reason for m in replies if m.has_error()]
+        last = " ".join(str(errors[-1]).split())[:200] if errors else "no replies within round-timeout"
+        log(WARNING, "round %d: no usable reply (%d of %d in a row); last error: %s",
+            server_round, self.failed_rounds, self.max_failed_rounds, last)  # fmt: skip
+        if self.failed_rounds >= self.max_failed_rounds:
+            raise NoClientSucceededError(
+                f"no client returned a usable reply in {self.failed_rounds} consecutive rounds "
+                f"(up to round {server_round}); last error: {last}; fix the clients' problem "
+                "(max-failed-rounds sets how many such rounds are tolerated)"
+            )
 
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         """Drop replies that must not be averaged; errors pass to the base's log.

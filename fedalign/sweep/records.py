@@ -132,5 +132,31 @@ def all_records(out: Path) -> list[dict]:
     """Every finished cell record under `out` (what `fedalign report` reads)."""
     records = []
     for path in sorted((Path(out) / CELLS_DIR).glob(f"*/{RECORD_FILE}")):
-        records.append(_read_json(path, "cell record"))
+        record = _read_json(path, "cell record")
+        problem = record_problem(record)
+        if problem:
+            raise UsageError(
+                f"cell record {path} is not a fedalign cell record ({problem}); "
+                "move it away (or re-run the sweep with another --out)"
+            )
+        records.append(record)
     return records
+
+
+def record_problem(record: Mapping) -> str | None:
+    """What a report needs and `record` lacks (None: it is usable)."""
+    cell = record.get("cell")
+    if not isinstance(cell, Mapping):
+        return "no 'cell' object"
+    for key, kinds in (("alpha", (int, float)), ("strategy", (str,)), ("seed", (int,))):
+        if not isinstance(cell.get(key), kinds) or isinstance(cell.get(key), bool):
+            return f"'cell.{key}' missing or of the wrong type"
+    rounds = record.get("rounds")
+    if not isinstance(rounds, list):
+        return "no 'rounds' list"
+    for row in rounds:
+        if not isinstance(row, Mapping) or not isinstance(row.get("round"), int):
+            return "a row of 'rounds' has no integer 'round'"
+        if not isinstance(row.get("accuracy"), (int, float)):
+            return "a row of 'rounds' has no numeric 'accuracy'"
+    return None

@@ -367,6 +367,8 @@ def write_report(out: Path, target: float | None = None, last: int | None = None
         )
     sweep = records.load_sweep(out)
     spec = sweep.get("spec") if sweep else None
+    if not isinstance(spec, dict):
+        spec = None  # the records alone still make a report
     if target is None and spec:
         target = spec.get("target-accuracy")
     if last is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fedalign import config as run_config
 from fedalign.errors import UsageError
+from fedalign.safe_yaml import brief
 
 REQUIRED = object()  # marks a key the spec must give
 
@@ -133,7 +134,7 @@ class _Checker:
             raise self.fail(message)
 
     def type_error(self, key: str, value, want: str) -> UsageError:
-        return self.fail(f"key {key!r} must be {want}, got {value!r}")
+        return self.fail(f"key {key!r} must be {want}, got {brief(value)}")
 
     def int(self, key: str, value, low: int | None = None) -> int:
         if isinstance(value, float) and value.is_integer():
@@ -178,12 +179,12 @@ def _closest(key: str, valid) -> str:
 
 def _normalize(raw, valid, ck: _Checker, what: str) -> dict[str, object]:
     """Underscores -> dashes; an unknown key is an error naming the closest valid one."""
-    ck.check(isinstance(raw, Mapping), f"{what} must be a mapping of keys to values, got {raw!r}")
+    ck.check(isinstance(raw, Mapping), f"{what} must be a mapping of keys to values, got {brief(raw)}")
     out: dict[str, object] = {}
     for key, value in raw.items():
         norm = str(key).replace("_", "-")
         if norm not in valid:
-            raise ck.fail(f"unknown key {key!r} in {what}{_closest(norm, valid)}")
+            raise ck.fail(f"unknown key {brief(key)} in {what}{_closest(norm[:100], valid)}")
         out[norm] = value
     return out
 
@@ -336,40 +337,26 @@ def _data_dir(spec: Mapping[str, object], ck: _Checker, base_dir: Path | None) -
 
 def parse_sets(items: list[str] | None) -> dict[str, object]:
     """['rounds=10', 'alphas=[0.1]'] -> {'rounds': 10, 'alphas': [0.1]} (values read as YAML)."""
-    import yaml
+    from fedalign.safe_yaml import load_yaml_text
 
     out: dict[str, object] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set {item!r} must be KEY=VALUE, e.g. --set rounds=10")
+            raise UsageError(f"--set {brief(item)} must be KEY=VALUE, e.g. --set rounds=10")
         try:
-            out[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UsageError(f"--set {item!r}: {text!r} is not a YAML value") from None
+            out[key.strip()] = load_yaml_text(text, f"--set {key.strip()[:40]}")
+        except UsageError:
+            raise UsageError(f"--set {brief(item)}: {brief(text)} is not a (small) YAML value") from None
     return out
 
 
 def load_spec(path: str | Path, overrides: Mapping[str, object] | None = None) -> dict[str, object]:
     """Read and check a YAML spec file, updated by `overrides`; `name` defaults to the file's stem."""
-    import yaml
+    from fedalign.safe_yaml import load_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"spec file {path} does not exist" if not path.exists() else f"spec {path} is not a file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"spec file {path} cannot be read: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UsageError(f"spec file {path} is not valid YAML{at}: {problem}") from None
-    if raw is None:
-        raise UsageError(f"spec file {path} is empty; see experiments/demo.yaml for an example")
-    if not isinstance(raw, Mapping):
-        raise UsageError(f"spec file {path} must hold a mapping of keys to values, got {type(raw).__name__}")
+    raw = load_yaml_mapping(path, "spec file")
     where = f"spec {path}" + (" with --set " + ", ".join(map(str, overrides)) if overrides else "")
     spec = resolve_spec({**raw, **(overrides or {})}, where=where)
     spec["name"] = spec["name"] or path.stem
