@@ -38,6 +38,7 @@ DEFAULTS: dict[str, object] = {
     "mask-seed": 0,
     "resample-every": 0,  # >0: a fresh seeded mask every k rounds
     "mask-exclude": "",  # comma-separated fnmatch patterns kept fully trainable
+    "transport": "compact",  # subspace strategies: "compact" sends trainable coordinates only; "full"
     "proximal-mu": 0.0,  # used by fedprox (0.01 when left at 0)
     "server-lr": 0.01,  # eta of FedAdam/FedYogi
     "server-momentum": 0.9,  # of FedAvgM
@@ -118,6 +119,8 @@ def validate(config: Mapping[str, object]) -> None:
     if not float(config["alpha"]) > 0:
         raise UsageError(f"alpha={config['alpha']} must be > 0 (e.g. 0.1 for strong skew, 100 for near-IID)")
     check_rho(config["rho"])
+    if config["transport"] not in ("compact", "full"):
+        raise UsageError(f"unknown transport {config['transport']!r}; valid: compact, full")
     if not 0 <= float(config["fraction-evaluate"]) <= 1:
         raise UsageError(f"fraction-evaluate={config['fraction-evaluate']} must be in [0, 1]")
     if not 0 < float(config["fraction-train"]) <= 1:

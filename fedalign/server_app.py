@@ -27,11 +27,13 @@ from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_wr
 from fedalign.run_setup import model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
 from fedalign.training import evaluate
+from fedalign.wire import add_wire_columns
 
 RoundCallback = Callable[[dict], None]
 ROUND_FIELDS = (
     "round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap",
     "eval-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds", "seconds",
+    "bytes-down", "bytes-up", "bytes-down-node", "bytes-up-node", "mb-cumulative",
 )
 TRAIN_METRICS = ("train-loss", "client-test-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds")
 
@@ -90,6 +92,9 @@ def run_server(
                 row[key] = float(evaluate_metrics[key])
         if "client-test-accuracy" in row:
             row["fusion-gap"] = row["client-test-accuracy"] - row["accuracy"]
+    wire = strategy.wire.to_record() if hasattr(strategy, "wire") else None
+    if wire is not None:
+        add_wire_columns(rounds, wire)
 
     record = {
         "config": config,
@@ -99,6 +104,8 @@ def run_server(
         "rounds": rounds,
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
     }
+    if wire is not None:
+        record["wire"] = wire
     if isinstance(strategy, SubspaceStrategy):
         mask = strategy.mask
         record["mask"] = {

@@ -63,4 +63,5 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
         granularity=str(config["granularity"]),
         exclude=exclude or None,
         node_wait_timeout=wait,
+        transport=str(config["transport"]),
     )

@@ -25,6 +25,8 @@ from flwr.supercore import log
 
 from fedalign.errors import UsageError
 from fedalign.protocol import reply_order_key
+from fedalign.transport import reply_form
+from fedalign.wire import WireLog
 
 
 class NotEnoughNodesError(UsageError):
@@ -50,6 +52,7 @@ class GuardedStrategy(Strategy):
         self.node_wait_timeout = float(node_wait_timeout)
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
+        self.wire = WireLog()  # payload bytes per round and node, down and up
 
     # ------------------------------------------------------------- attributes
     def __getattr__(self, name: str):
@@ -96,7 +99,9 @@ class GuardedStrategy(Strategy):
         self.wait_for_nodes(grid, self._nodes_needed(train=True))
         self._sent = arrays_to_numpy(arrays)
         messages = list(self.base.configure_train(server_round, arrays, config, grid))
-        return self._prepare_train_messages(server_round, messages)
+        messages = self._prepare_train_messages(server_round, messages)
+        self.wire.sent(server_round, messages)
+        return messages
 
     def _prepare_train_messages(self, server_round: int, messages: list[Message]) -> list[Message]:
         """Hook: adjust the outgoing train messages (default: unchanged)."""
@@ -106,12 +111,15 @@ class GuardedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self.wire.received(server_round, replies)
         accepted = self._screen_replies(server_round, replies)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
         if arrays is not None:
             arrays = self._finish_aggregate(server_round, self._keep_dtypes(arrays))
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
+        for key, value in self.wire.round_summary(server_round).items():
+            metrics[key] = value
         return arrays, metrics
 
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
@@ -145,14 +153,16 @@ class GuardedStrategy(Strategy):
             return f"expected one ArrayRecord, got {len(records)}"
         values = arrays_to_numpy(records[0])
         if self._sent is not None:
-            if set(values) != set(self._sent):
-                return "array keys differ from the global model"
-            for key, value in values.items():
-                if value.shape != self._sent[key].shape:
-                    return f"shape of {key!r} is {value.shape}, expected {self._sent[key].shape}"
+            problem = reply_form(values, self._compact_mask(), {k: v.shape for k, v in self._sent.items()})
+            if problem:
+                return problem
         for key, value in values.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 return f"non-finite values in {key!r}"
+        return None
+
+    def _compact_mask(self):
+        """Hook: the mask under which replies may come in compact form (default: none)."""
         return None
 
     def _keep_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -177,7 +187,9 @@ class GuardedStrategy(Strategy):
         if getattr(self.base, "fraction_evaluate", 1.0) == 0.0:
             return []
         self.wait_for_nodes(grid, self._nodes_needed(train=False))
-        return self.base.configure_evaluate(server_round, arrays, config, grid)
+        messages = list(self.base.configure_evaluate(server_round, arrays, config, grid))
+        self.wire.sent(server_round, messages, kind="eval-down")
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.base.aggregate_evaluate(server_round, replies)

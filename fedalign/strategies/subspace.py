@@ -11,6 +11,11 @@ FedPFN and FedPNU are this wrapper with a schedule. Per round:
    FedAvgM, FedAdam, FedYogi, FedProx, ...); then every entry fixed in this
    round is restored to its value in the previous global model, so neither a
    server optimizer nor a faulty client can move it.
+
+With `transport="compact"` (the default) replies carry only the round's
+trainable coordinates and, under the fixed schedule, nodes that hold the
+anchors get only the trainable coordinates too; `fedalign.transport` knows the
+forms, and the wrapper rebuilds full arrays before the base strategy sees them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,18 @@ from fedalign.protocol import (
 )
 from fedalign.strategies.guarded import GuardedStrategy, arrays_to_numpy, numpy_to_arrays
 from fedalign.strategies.schedules import MaskSchedule
+from fedalign.transport import (
+    DOWNLINK_ANCHORS,
+    KEEP_ANCHORS,
+    TRANSPORTS,
+    UPLINK,
+    anchors_digest,
+    anchors_of,
+    compact,
+    expand,
+    reply_anchors,
+)
+from fedalign.errors import UsageError
 
 
 class SubspaceStrategy(GuardedStrategy):
@@ -51,6 +68,10 @@ class SubspaceStrategy(GuardedStrategy):
         `fixed` (FedPFN), `alternate` (FedPNU) or `resample`.
     granularity, include, exclude
         As in `SubspaceMask.sample`.
+    transport : "compact" or "full"
+        `compact` (default): replies, and under the fixed schedule the model
+        sent to nodes holding the anchors, carry trainable coordinates only.
+        Lossless: the global models are bit-identical to `full`'s.
     """
 
     def __init__(
@@ -64,8 +85,13 @@ class SubspaceStrategy(GuardedStrategy):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         node_wait_timeout: float = 60.0,
+        transport: str = "compact",
     ) -> None:
         super().__init__(base, node_wait_timeout=node_wait_timeout)
+        if transport not in TRANSPORTS:
+            raise UsageError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
+        self._anchor_holders: dict[int, str] = {}  # node id -> anchors digest it reported
         self.schedule = MaskSchedule(schedule) if isinstance(schedule, str) else schedule
         self._sample_args = dict(rho=rho, granularity=granularity, include=include, exclude=exclude)
         self._model_shapes = (
@@ -123,6 +149,7 @@ class SubspaceStrategy(GuardedStrategy):
         position: RoundPosition = self.schedule.position(server_round)
         base_mask = self.mask_version(position.version)
         self._round_mask = base_mask.complement() if position.complement else base_mask
+        compact_down = self._compact_downlink()
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
@@ -130,6 +157,15 @@ class SubspaceStrategy(GuardedStrategy):
             content = RecordDict(dict(msg.content.items()))  # per-node copy
             config = ConfigRecord(dict(content[self.configrecord_key]))
             write_round_config(config, base_mask, position, include_blob=needs_blob)
+            if self.transport == "compact":
+                config[UPLINK] = "compact"
+            if compact_down is not None:
+                digest, arrays = compact_down
+                if not needs_blob and self._anchor_holders.get(node) == digest:
+                    config[DOWNLINK_ANCHORS] = digest
+                    content[self._arrays_key] = arrays
+                else:
+                    config[KEEP_ANCHORS] = True
             content[self.configrecord_key] = config
             self.node_log.setdefault(node, {"verified_rounds": []}).setdefault("first_round", server_round)
             if needs_blob:
@@ -139,17 +175,47 @@ class SubspaceStrategy(GuardedStrategy):
             out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
         return out
 
+    @property
+    def _arrays_key(self) -> str:
+        return getattr(self.base, "arrayrecord_key", "arrays")
+
+    def _compact_downlink(self) -> tuple[str, ArrayRecord] | None:
+        """(anchors digest, compact global model) when this round may send compact models.
+
+        Only under the fixed schedule: there the round's fixed entries are the
+        anchors a node stored from its first full model, unchanged since.
+        """
+        if self.transport != "compact" or self.schedule.kind != "fixed":
+            return None
+        assert self._round_mask is not None and self._sent is not None
+        digest = anchors_digest(anchors_of(self._sent, self._round_mask), self._round_mask)
+        return digest, numpy_to_arrays(compact(self._sent, self._round_mask))
+
+    def _compact_mask(self) -> SubspaceMask | None:
+        return self._round_mask if self.transport == "compact" else None
+
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         kept = []
         for msg in replies:
+            node = msg.metadata.src_node_id
             if is_mask_missing_reply(msg):
-                node = msg.metadata.src_node_id
-                self._holders.pop(node, None)  # re-send next time it is sampled
+                self._holders.pop(node, None)  # re-send mask and full model next time it is sampled
+                self._anchor_holders.pop(node, None)
                 self.mask_resends += 1
                 log(INFO, "round %d: node %d lacks the mask; it will be re-sent", server_round, node)
                 continue
+            held = reply_anchors(msg)
+            if held is not None:
+                self._anchor_holders[node] = str(held)
             kept.append(msg)
-        return super()._screen_replies(server_round, kept)
+        accepted = super()._screen_replies(server_round, kept)
+        if self._compact_mask() is not None:
+            for msg in accepted:  # compact -> full before the base strategy aggregates
+                if not msg.has_error():
+                    key, record = next(iter(msg.content.array_records.items()))
+                    full = expand(arrays_to_numpy(record), self._round_mask, self._sent)
+                    msg.content[key] = numpy_to_arrays(full)
+        return accepted
 
     def _reply_problem(self, msg: Message) -> str | None:
         """Beyond shape/NaN checks: the reply must come from the round's subspace."""
@@ -163,6 +229,8 @@ class SubspaceStrategy(GuardedStrategy):
             return f"trained under mask {digest[:12]}, round mask is {mask.digest[:12]}"
         values = arrays_to_numpy(next(iter(msg.content.array_records.values())))
         for name, trainable in mask.tensors.items():
+            if values[name].shape != sent[name].shape:
+                continue  # compact form: its fixed entries are rebuilt from what was sent
             fixed = ~trainable.numpy()
             if values[name][fixed].tobytes() != sent[name][fixed].tobytes():
                 return f"fixed entries of {name!r} moved: trained outside the subspace"
