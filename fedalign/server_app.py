@@ -112,6 +112,7 @@ def run_server(
             "digest": mask.digest,
             "fixed_fraction": mask.fixed_fraction,
             "packed_bytes": mask.packed_nbytes,
+            "blob_bytes": len(mask.to_bytes()),  # what one mask send adds to the wire count
             "sends_per_node": {str(k): v for k, v in sorted(strategy.mask_sends.items())},
             "resends": strategy.mask_resends,
             "bytes_sent": strategy.mask_bytes_sent,
