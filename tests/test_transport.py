@@ -32,8 +32,8 @@ from fedalign.transport import (
 from fedalign.wire import message_nbytes
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
+@pytest.fixture(autouse=True, scope="module")
+def task_identity():  # module scope: set before the module-scoped runs below
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     yield
 

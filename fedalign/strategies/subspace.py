@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedalign.errors import UsageError
 from fedalign.masks import SubspaceMask
 from fedalign.protocol import (
     RoundPosition,
@@ -48,7 +49,6 @@ from fedalign.transport import (
     expand,
     reply_anchors,
 )
-from fedalign.errors import UsageError
 
 
 class SubspaceStrategy(GuardedStrategy):
