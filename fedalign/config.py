@@ -41,6 +41,7 @@ DEFAULTS: dict[str, object] = {
     "resample-every": 0,  # fedpnu only: >0 = a fresh seeded mask every k rounds, alternating within it
     "mask-include": "",  # comma-separated fnmatch patterns: only these parameters are masked ("" = all)
     "mask-exclude": "",  # comma-separated fnmatch patterns kept fully trainable
+    "transport": "compact",  # subspace strategies: "compact" sends trainable coordinates only; "full"
     "proximal-mu": 0.0,  # used by fedprox (0.01 when left at 0)
     "server-lr": 0.01,  # eta of FedAdam/FedYogi
     "server-momentum": 0.9,  # of FedAvgM
@@ -180,6 +181,8 @@ def validate(config: Mapping[str, object]) -> None:
     if not str(config["output-dir"]).strip():
         raise UsageError("output-dir is empty; name a directory, e.g. output-dir='outputs/flwr-run'")
     parse_model_args(str(config["model-args"]))
+    if config["transport"] not in ("compact", "full"):
+        raise UsageError(f"unknown transport {config['transport']!r}; valid: compact, full")
 
 
 def parse_model_args(text: str) -> dict[str, object]:

@@ -33,11 +33,13 @@ from fedalign.run_setup import model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
 from fedalign.strategies.guarded import NoClientSucceededError
 from fedalign.training import evaluate
+from fedalign.wire import add_wire_columns
 
 RoundCallback = Callable[[dict], None]
 ROUND_FIELDS = (
     "round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap",
     "eval-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds", "seconds",
+    "bytes-down", "bytes-up", "bytes-down-node", "bytes-up-node", "mb-cumulative",
 )
 TRAIN_METRICS = ("train-loss", "client-test-accuracy", "rejected-replies", "mask-sends", "wm-iterations", "wm-seconds")
 
@@ -110,6 +112,9 @@ def run_server(
                 row[key] = float(evaluate_metrics[key])
         if "client-test-accuracy" in row:
             row["fusion-gap"] = row["client-test-accuracy"] - row["accuracy"]
+    wire = strategy.wire.to_record() if hasattr(strategy, "wire") else None
+    if wire is not None:
+        add_wire_columns(rounds, wire)
 
     record = {
         "config": config,
@@ -120,12 +125,15 @@ def run_server(
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
     }
     mask_bytes = None
+    if wire is not None:
+        record["wire"] = wire
     if isinstance(strategy, SubspaceStrategy):
         mask = strategy.mask
         record["mask"] = {
             "digest": mask.digest,
             "fixed_fraction": mask.fixed_fraction,
             "packed_bytes": mask.packed_nbytes,
+            "blob_bytes": mask.wire_nbytes,  # what one mask send adds to the wire count
             "sends_per_node": {str(k): v for k, v in sorted(strategy.mask_sends.items())},
             "resends": strategy.mask_resends,
             "bytes_sent": strategy.mask_bytes_sent,
@@ -135,9 +143,6 @@ def run_server(
         mask_bytes = mask.to_bytes()
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)
     control = getattr(strategy, "control", None)  # SCAFFOLD's server control variate c
-    if control is not None:
-        state = {k: torch.from_numpy(v) for k, v in control.items()}
-        atomic_write_bytes(out_dir / "scaffold_c.pt", _torch_bytes(state))
     sampler = getattr(strategy, "sampler", None)
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
@@ -149,6 +154,9 @@ def run_server(
         atomic_write_bytes(directory / "initial_model.pt", _torch_bytes(initial_state))
         atomic_write_bytes(directory / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))
         atomic_write_text(directory / "metrics.csv", _rounds_csv(rounds))
+        if control is not None:
+            state = {k: torch.from_numpy(v) for k, v in control.items()}
+            atomic_write_bytes(directory / "scaffold_c.pt", _torch_bytes(state))
         atomic_write_json(directory / "metrics.json", record)
 
     record["output_dir"] = str(write_or_fallback(out_dir, write))

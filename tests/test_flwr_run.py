@@ -66,9 +66,9 @@ def test_flwr_run_dot_runs_fedpfn_on_digits(local_superlink, tmp_path):
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + 3  # header, rounds 0-2
 
 
-def parse_recipe(markdown: str) -> dict[str, list[str]]:
-    """The ```diff blocks of docs/dropin.md, keyed by the file they patch."""
-    blocks = re.findall(r"```diff\n(.*?)```", markdown, flags=re.S)
+def parse_recipe(markdown: str, variant: str = "") -> dict[str, list[str]]:
+    """The ```diff blocks (```diff <variant> blocks) of docs/dropin.md, keyed by the file they patch."""
+    blocks = re.findall(r"```diff" + (" " + variant if variant else "") + r"\n(.*?)```", markdown, flags=re.S)
     recipe = {}
     for block in blocks:
         lines = block.rstrip("\n").split("\n")
@@ -117,3 +117,40 @@ def test_dropin_recipe_turns_the_quickstart_into_fedpfn(local_superlink, tmp_pat
     assert fixed_entries_equal(mask, initial, final)
     moved = torch.cat([(final[n] != initial[n])[m] for n, m in mask.tensors.items()])
     assert moved.float().mean() > 0.75  # Adam trained them (some ReLU units die on digits)
+
+
+def test_dropin_compact_line_makes_replies_compact(local_superlink, tmp_path):
+    """The 4-line recipe plus docs/dropin.md's compact block: one more line, compact uplink."""
+    markdown = (REPO / "docs" / "dropin.md").read_text()
+    base, extra = parse_recipe(markdown), parse_recipe(markdown, "compact")
+    assert sum(1 for patch in extra.values() for line in patch if line.startswith("+")) <= 2
+    app = tmp_path / "quickstart"
+    shutil.copytree(QUICKSTART, app)
+    for recipe in (base, extra):
+        for relative, patch in recipe.items():
+            path = app / relative
+            path.write_text("\n".join(apply_recipe(path.read_text().split("\n"), patch)))
+    out = tmp_path / "models"
+    out.mkdir()
+    output = flwr_run(app, local_superlink, f"num-server-rounds=3 save-dir='{out}'", nodes=3)
+
+    from importlib import util
+
+    from flwr.app import ArrayRecord
+
+    spec = util.spec_from_file_location("qs_task_compact", app / "pytorchexample" / "task.py")
+    task = util.module_from_spec(spec)
+    spec.loader.exec_module(task)
+    net = task.Net()
+    model_bytes = sum(len(a.data) for a in ArrayRecord(net.state_dict()).values())
+    up = [float(x) for x in re.findall(r"'bytes-up-node': ([0-9.e+]+)", output)]
+    down = [float(x) for x in re.findall(r"'bytes-down-node': ([0-9.e+]+)", output)]
+    assert len(up) == 3 and len(down) == 3, output[-3000:]
+    assert max(up) <= 0.61 * model_bytes  # compact replies, every round
+    assert min(down) >= model_bytes  # a drop-in node gets the full model
+    mask = SubspaceMask.sample(net, rho=0.4, seed=0)
+    initial = torch.load(out / "initial_model.pt", weights_only=True)
+    final = torch.load(out / "final_model.pt", weights_only=True)
+    assert fixed_entries_equal(mask, initial, final)
+    moved = torch.cat([(final[n] != initial[n])[m] for n, m in mask.tensors.items()])
+    assert moved.float().mean() > 0.75

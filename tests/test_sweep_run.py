@@ -8,6 +8,8 @@ the "same spec and seed twice gives the same accuracy" check.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -91,8 +93,18 @@ def test_sweep_writes_records_tables_plots(full_run):
     assert "| alpha | fedavg | fedpfn |" in summary and "| 0.5 |" in summary
     rows = (full_run / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("alpha,strategy,n_seeds") and len(rows) == 3
-    for png in ("accuracy_vs_round_alpha0.5.png", "final_accuracy_vs_alpha.png", "fusion_gap_vs_round.png"):
+    for png in ("accuracy_vs_round_alpha0.5.png", "final_accuracy_vs_alpha.png", "fusion_gap_vs_round.png",
+                "accuracy_vs_mb_alpha0.5.png"):
         assert (full_run / png).read_bytes()[:4] == b"\x89PNG"
+    # bytes on the wire: MB columns, and FedPFN's compact transport sends less than FedAvg
+    assert "MB / round | total MB" in summary
+    table = {row["strategy"]: row for row in csv.DictReader(io.StringIO("\n".join(rows)))}
+    fedavg, fedpfn = (_record(full_run, cell) for cell in CELLS)
+    total = lambda rec: sum(r["bytes-down"] + r["bytes-up"] for r in rec["rounds"] if r["round"] > 0) / 1e6  # noqa: E731
+    assert float(table["fedavg"]["mb_total"]) == pytest.approx(total(fedavg))
+    assert float(table["fedpfn"]["mb_total"]) == pytest.approx(total(fedpfn))
+    assert total(fedpfn) < 0.7 * total(fedavg)
+    assert fedpfn["wire"]["total_bytes"] == pytest.approx(total(fedpfn) * 1e6)
 
 
 def test_report_rebuilds_from_records(full_run, work):

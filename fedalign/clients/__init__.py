@@ -1,5 +1,5 @@
-"""Client side: fedalign's ClientApp and the drop-in helper for other Flower apps."""
+"""Client side: fedalign's ClientApp and the drop-in helpers for other Flower apps."""
 
-from fedalign.clients.dropin import use_subspace
+from fedalign.clients.dropin import compact_arrays, use_subspace
 
-__all__ = ["use_subspace"]
+__all__ = ["compact_arrays", "use_subspace"]

@@ -22,6 +22,7 @@ from fedalign.config import resolve
 from fedalign.partition_query import answer_partition_query
 from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
 from fedalign.run_setup import model_for, partitions_for, splits_for
+from fedalign.transport import AnchorsMissingError, note_anchors, receive_arrays, reply_arrays
 from fedalign.training import TrainConfig, evaluate, seeded_loader, train
 
 ERROR_CODE_MASK_MISSING = 7001  # application-level error code for a missing mask
@@ -38,9 +39,9 @@ def _node(context: Context) -> tuple[int, int]:
         ) from None
 
 
-def _global_model(msg: Message, config) -> torch.nn.Module:
+def _global_model(arrays: ArrayRecord, config) -> torch.nn.Module:
     model = model_for(config)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict())
     return model
 
 
@@ -61,7 +62,8 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
     """Train the global model on this node's partition in the round's subspace."""
     try:
         mask = receive_round_mask(msg, context)
-    except MaskMissingError as err:
+        arrays = receive_arrays(msg, context, mask)  # rebuilt when the server sent it compact
+    except (MaskMissingError, AnchorsMissingError) as err:
         return Message(Error(code=ERROR_CODE_MASK_MISSING, reason=str(err)), reply_to=msg)
 
     pid, num_partitions = _node(context)
@@ -69,7 +71,7 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
     indices = partitions_for(config, num_partitions)[pid]
     msg_config = msg.content["config"]
     server_round = int(msg_config.get("server-round", 1))
-    model = _global_model(msg, config)
+    model = _global_model(arrays, config)
     loader = seeded_loader(
         Subset(splits.train, indices.tolist()),
         int(config["batch-size"]),
@@ -91,10 +93,11 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
     }
     if config["client-test-eval"]:
         _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": reply_arrays(model.state_dict(), msg, mask), "metrics": MetricRecord(metrics)})
     content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
     if control_delta is not None:
         content[scaffold.DELTA_KEY] = control_delta
+    note_anchors(content[REPLY_RECORD], context)
     return Message(content=content, reply_to=msg)
 
 
@@ -103,7 +106,7 @@ def evaluate_handler(msg: Message, context: Context, config: Mapping[str, object
     pid, num_partitions = _node(context)
     test = splits_for(config).test
     share = list(range(pid, len(test), num_partitions))
-    loss, accuracy = evaluate(_global_model(msg, config), DataLoader(Subset(test, share), EVAL_BATCH))
+    loss, accuracy = evaluate(_global_model(msg.content["arrays"], config), DataLoader(Subset(test, share), EVAL_BATCH))
     metrics = MetricRecord({"eval-loss": loss, "eval-accuracy": accuracy, "num-examples": len(share)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -12,6 +12,11 @@ momentum onto newly fixed entries. The hooks
 detach when the model is garbage-collected (at the end of the handler) or at
 the next call. A node lacking the mask raises `MaskMissingError`; Flower turns
 that into an error reply and the server re-sends the mask.
+
+One more line makes the replies compact (only the round's trainable
+coordinates travel up; the server rebuilds the rest from what it sent):
+
+    model_record = compact_arrays(model, msg, context)   # instead of ArrayRecord(model.state_dict())
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import weakref
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -28,6 +33,7 @@ from torch.optim.optimizer import (
 from fedalign.masked_optim import MaskGuard
 from fedalign.masks import SubspaceMask
 from fedalign.protocol import receive_round_mask
+from fedalign.transport import reply_arrays
 
 _active: list = []  # hook handles of the currently attached model
 
@@ -65,3 +71,11 @@ def use_subspace(model: torch.nn.Module, msg: Message, context: Context, configr
         return None
     attach_mask(model, mask)
     return mask
+
+
+def compact_arrays(
+    model: torch.nn.Module, msg: Message, context: Context, configrecord_key: str = "config"
+) -> ArrayRecord:
+    """The reply's ArrayRecord of `model`: compact when the server accepts it, else full."""
+    mask = receive_round_mask(msg, context, configrecord_key)
+    return reply_arrays(model.state_dict(), msg, mask, configrecord_key)

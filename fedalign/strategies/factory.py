@@ -78,4 +78,5 @@ def build_strategy(config: Mapping[str, object], model) -> Strategy:
         exclude=_patterns(config["mask-exclude"]),
         node_wait_timeout=wait,
         **sampling,
+        transport=str(config["transport"]),
     )

@@ -37,6 +37,8 @@ from fedalign.protocol import reply_order_key
 from fedalign.strategies.base_state import sync_base_model
 from fedalign.strategies.buffers import average_buffers, buffer_names, cast_like, integer_keys
 from fedalign.strategies.sampling import SeededSampler
+from fedalign.transport import reply_form
+from fedalign.wire import WireLog
 
 
 class NotEnoughNodesError(UsageError):
@@ -85,6 +87,7 @@ class GuardedStrategy(Strategy):
         self.failed_rounds = 0  # consecutive rounds without a usable reply
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
+        self.wire = WireLog()  # payload bytes per round and node, down and up
 
     # ------------------------------------------------------------- attributes
     def __getattr__(self, name: str):
@@ -132,7 +135,9 @@ class GuardedStrategy(Strategy):
         self._sent = arrays_to_numpy(arrays)
         messages = list(self.base.configure_train(server_round, arrays, config, grid))
         messages = self.sampler.retarget(messages, grid, server_round, "train")
-        return self._prepare_train_messages(server_round, messages)
+        messages = self._prepare_train_messages(server_round, messages)
+        self.wire.sent(server_round, messages)
+        return messages
 
     def _prepare_train_messages(self, server_round: int, messages: list[Message]) -> list[Message]:
         """Hook: adjust the outgoing train messages (default: unchanged)."""
@@ -142,6 +147,7 @@ class GuardedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self.wire.received(server_round, replies)
         accepted = self._screen_replies(server_round, replies)
         self._count_failure(server_round, replies, accepted)
         arrays, metrics = self.base.aggregate_train(server_round, accepted)
@@ -151,6 +157,8 @@ class GuardedStrategy(Strategy):
             sync_base_model(self.base, arrays)
         metrics = MetricRecord(dict(metrics or {}))
         metrics["rejected-replies"] = self.rejected_replies
+        for key, value in self.wire.round_summary(server_round).items():
+            metrics[key] = value
         return arrays, metrics
 
     def _count_failure(self, server_round: int, replies: list[Message], accepted: list[Message]) -> None:
@@ -203,9 +211,13 @@ class GuardedStrategy(Strategy):
         model's keys, same shapes, zero where nothing was trained."""
         return tuple(getattr(self.base, "reply_delta_records", ()))
 
+    def model_record_key(self, msg: Message) -> str:
+        """Key of the reply's model record: its one ArrayRecord that is not a delta record."""
+        return next(k for k in msg.content.array_records if k not in self.delta_record_keys)
+
     def model_record(self, msg: Message) -> ArrayRecord:
-        """The reply's model record: its one ArrayRecord that is not a delta record."""
-        return next(r for k, r in msg.content.array_records.items() if k not in self.delta_record_keys)
+        """The reply's model record."""
+        return msg.content[self.model_record_key(msg)]
 
     def _reply_problem(self, msg: Message) -> str | None:
         records = msg.content.array_records
@@ -218,20 +230,23 @@ class GuardedStrategy(Strategy):
             return f"missing ArrayRecord(s) {', '.join(missing)}"
         values = arrays_to_numpy(records[models[0]])
         if self._sent is not None:
-            if set(values) != set(self._sent):
-                return "array keys differ from the global model"
-            for key, value in values.items():
-                if value.shape != self._sent[key].shape:
-                    return f"shape of {key!r} is {value.shape}, expected {self._sent[key].shape}"
+            problem = reply_form(values, self._compact_mask(), {k: v.shape for k, v in self._sent.items()})
+            if problem:
+                return problem
         for key, value in values.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 return f"non-finite values in {key!r}"
+        shapes = {k: v.shape for k, v in (self._sent or values).items()}  # full shapes
         for record_key in deltas:
             for key, value in arrays_to_numpy(records[record_key]).items():
-                if key not in values or value.shape != values[key].shape:
+                if key not in shapes or value.shape != shapes[key]:
                     return f"{record_key!r} entry {key!r} does not match a model parameter"
                 if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                     return f"non-finite values in {record_key!r} entry {key!r}"
+        return None
+
+    def _compact_mask(self):
+        """Hook: the mask under which replies may come in compact form (default: none)."""
         return None
 
     def _keep_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -270,7 +285,9 @@ class GuardedStrategy(Strategy):
             return []
         self.wait_for_nodes(grid, self._nodes_needed(train=False))
         messages = list(self.base.configure_evaluate(server_round, arrays, config, grid))
-        return self.sampler.retarget(messages, grid, server_round, "evaluate")
+        messages = self.sampler.retarget(messages, grid, server_round, "evaluate")
+        self.wire.sent(server_round, messages, kind="eval-down")
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.base.aggregate_evaluate(server_round, replies)

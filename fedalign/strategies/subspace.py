@@ -13,6 +13,11 @@ FedPFN and FedPNU are this wrapper with a schedule. Per round:
    server optimizer nor a faulty client can move it; buffers are averaged
    plainly and the base strategy's own copy of the model is re-synced to the
    restored one (see `GuardedStrategy`).
+
+With `transport="compact"` (the default) replies carry only the round's
+trainable coordinates and, under the fixed schedule, nodes that hold the
+anchors get only the trainable coordinates too; `fedalign.transport` knows the
+forms, and the wrapper rebuilds full arrays before the base strategy sees them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedalign.errors import UsageError
 from fedalign.masks import SubspaceMask
 from fedalign.protocol import (
     RoundPosition,
@@ -35,6 +41,17 @@ from fedalign.protocol import (
 )
 from fedalign.strategies.guarded import GuardedStrategy, arrays_to_numpy, numpy_to_arrays
 from fedalign.strategies.schedules import MaskSchedule
+from fedalign.transport import (
+    DOWNLINK_ANCHORS,
+    KEEP_ANCHORS,
+    TRANSPORTS,
+    UPLINK,
+    anchors_digest,
+    anchors_of,
+    compact,
+    expand,
+    reply_anchors,
+)
 
 
 class SubspaceStrategy(GuardedStrategy):
@@ -50,12 +67,16 @@ class SubspaceStrategy(GuardedStrategy):
     rho : float
         Fraction of entries FIXED (published default 0.4).
     seed : int
-        Mask seed; mask version v uses seed + v.
+        Mask seed; mask version v is drawn from (seed, v) (`fedalign.masks.mask_rng`).
     schedule : MaskSchedule
         `fixed` (FedPFN), `alternate` (FedPNU), `resample` or
         `alternate-resample` (FedPNU with a fresh mask every k rounds).
     granularity, include, exclude
         As in `SubspaceMask.sample`.
+    transport : "compact" or "full"
+        `compact` (default): replies, and under the fixed schedule the model
+        sent to nodes holding the anchors, carry trainable coordinates only.
+        Lossless: the global models are bit-identical to `full`'s.
     """
 
     def __init__(
@@ -71,6 +92,7 @@ class SubspaceStrategy(GuardedStrategy):
         node_wait_timeout: float = 60.0,
         sample_seed: int = 0,
         query_timeout: float = 600.0,
+        transport: str = "compact",
     ) -> None:
         super().__init__(
             base,
@@ -79,6 +101,10 @@ class SubspaceStrategy(GuardedStrategy):
             sample_seed=sample_seed,
             query_timeout=query_timeout,
         )
+        if transport not in TRANSPORTS:
+            raise UsageError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
+        self._anchor_holders: dict[int, str] = {}  # node id -> anchors digest it reported
         self.schedule = MaskSchedule(schedule) if isinstance(schedule, str) else schedule
         self._sample_args = dict(rho=rho, granularity=granularity, include=include, exclude=exclude)
         self._model_shapes = (
@@ -105,7 +131,7 @@ class SubspaceStrategy(GuardedStrategy):
             # not hold one mask per version in memory.
             self._masks = {v: m for v, m in self._masks.items() if v == 0}
             self._masks[version] = SubspaceMask.sample(
-                self._model_shapes, seed=self.seed + version, **self._sample_args
+                self._model_shapes, seed=self.seed, version=version, **self._sample_args
             )
         return self._masks[version]
 
@@ -156,6 +182,7 @@ class SubspaceStrategy(GuardedStrategy):
         base_mask = self.mask_version(position.version)
         self._round_mask = base_mask.complement() if position.complement else base_mask
         self._round_digests[server_round] = self._round_mask.digest
+        compact_down = self._compact_downlink()
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
@@ -163,26 +190,65 @@ class SubspaceStrategy(GuardedStrategy):
             content = RecordDict(dict(msg.content.items()))  # per-node copy
             config = ConfigRecord(dict(content[self.configrecord_key]))
             write_round_config(config, base_mask, position, include_blob=needs_blob)
+            if self.transport == "compact":
+                config[UPLINK] = "compact"
+            if compact_down is not None:
+                digest, arrays = compact_down
+                if not needs_blob and self._anchor_holders.get(node) == digest:
+                    config[DOWNLINK_ANCHORS] = digest
+                    content[self._arrays_key] = arrays
+                else:
+                    config[KEEP_ANCHORS] = True
             content[self.configrecord_key] = config
             self.node_log.setdefault(node, {"verified_rounds": []}).setdefault("first_round", server_round)
             if needs_blob:
                 self.mask_sends[node] += 1
-                self.mask_bytes_sent += base_mask.packed_nbytes
+                self.mask_bytes_sent += base_mask.wire_nbytes
                 self._holders[node] = base_mask.digest
             out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
         return out
 
+    @property
+    def _arrays_key(self) -> str:
+        return getattr(self.base, "arrayrecord_key", "arrays")
+
+    def _compact_downlink(self) -> tuple[str, ArrayRecord] | None:
+        """(anchors digest, compact global model) when this round may send compact models.
+
+        Only under the fixed schedule: there the round's fixed entries are the
+        anchors a node stored from its first full model, unchanged since.
+        """
+        if self.transport != "compact" or self.schedule.kind != "fixed":
+            return None
+        assert self._round_mask is not None and self._sent is not None
+        digest = anchors_digest(anchors_of(self._sent, self._round_mask), self._round_mask)
+        return digest, numpy_to_arrays(compact(self._sent, self._round_mask))
+
+    def _compact_mask(self) -> SubspaceMask | None:
+        return self._round_mask if self.transport == "compact" else None
+
     def _screen_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         kept = []
         for msg in replies:
+            node = msg.metadata.src_node_id
             if is_mask_missing_reply(msg):
-                node = msg.metadata.src_node_id
-                self._holders.pop(node, None)  # re-send next time it is sampled
+                self._holders.pop(node, None)  # re-send mask and full model next time it is sampled
+                self._anchor_holders.pop(node, None)
                 self.mask_resends += 1
                 log(INFO, "round %d: node %d lacks the mask; it will be re-sent", server_round, node)
                 continue
+            held = reply_anchors(msg)
+            if held is not None:
+                self._anchor_holders[node] = str(held)
             kept.append(msg)
-        return super()._screen_replies(server_round, kept)
+        accepted = super()._screen_replies(server_round, kept)
+        if self._compact_mask() is not None:
+            for msg in accepted:  # compact -> full before the base strategy aggregates
+                if not msg.has_error():
+                    key = self.model_record_key(msg)
+                    full = expand(arrays_to_numpy(msg.content[key]), self._round_mask, self._sent)
+                    msg.content[key] = numpy_to_arrays(full)
+        return accepted
 
     def _reply_problem(self, msg: Message) -> str | None:
         """Beyond shape/NaN checks: the reply must come from the round's subspace."""
@@ -198,11 +264,13 @@ class SubspaceStrategy(GuardedStrategy):
         deltas = {k: arrays_to_numpy(msg.content[k]) for k in self.delta_record_keys}
         for name, trainable in mask.tensors.items():
             fixed = ~trainable.numpy()
-            if values[name][fixed].tobytes() != sent[name][fixed].tobytes():
-                return f"fixed entries of {name!r} moved: trained outside the subspace"
             for record_key, delta in deltas.items():
                 if name in delta and np.any(delta[name][fixed] != 0):
                     return f"{record_key!r} is nonzero on fixed entries of {name!r}"
+            if values[name].shape != sent[name].shape:
+                continue  # compact form: its fixed entries are rebuilt from what was sent
+            if values[name][fixed].tobytes() != sent[name][fixed].tobytes():
+                return f"fixed entries of {name!r} moved: trained outside the subspace"
         entry = self.node_log.setdefault(msg.metadata.src_node_id, {"verified_rounds": []})
         entry["verified_rounds"].append(self._current_round)
         entry["digest_echoed"] = digest is not None

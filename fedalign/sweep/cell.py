@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": result["rounds"],
         "final_accuracy": result["final_accuracy"],
         "mask": result.get("mask"),
+        "wire": result.get("wire"),  # bytes down/up per round and node
         "rejected_replies": result.get("rejected_replies", 0),
         "timing": timing(result["rounds"], imported, sim_start, sim_end),
         "finished": time.time(),

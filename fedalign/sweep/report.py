@@ -7,7 +7,11 @@
                                paired by seed: mean ± std of the per-seed
                                differences of final accuracy, and n (also in summary.md)
     rounds.csv                 every cell's per-round metrics, long format
-    accuracy_vs_round_alpha<a>.png, final_accuracy_vs_alpha.png, fusion_gap_vs_round.png
+    accuracy_vs_round_alpha<a>.png, final_accuracy_vs_alpha.png, fusion_gap_vs_round.png,
+    accuracy_vs_mb_alpha<a>.png (accuracy against cumulative MB on the wire)
+
+Bytes on the wire are the array payloads plus the mask blob, down and up
+(`fedalign.wire`); protocol framing is not counted.
 
 The fusion gap of a round is the mean test accuracy of the clients' trained
 models minus the test accuracy of their average (the new global model):
@@ -29,7 +33,10 @@ from fedalign.errors import UsageError
 from fedalign.provenance import atomic_write_bytes, atomic_write_text
 from fedalign.sweep import records
 
-ROUND_FIELDS = ("round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap", "seconds")
+ROUND_FIELDS = (
+    "round", "accuracy", "loss", "train-loss", "client-test-accuracy", "fusion-gap", "seconds",
+    "bytes-down", "bytes-up", "bytes-down-node", "bytes-up-node", "mb-cumulative",
+)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -57,6 +64,15 @@ def rounds_to_target(record: Mapping, target: float | None) -> int | None:
         if r["accuracy"] >= target:
             return int(r["round"])
     return None
+
+
+def run_mb(record: Mapping) -> tuple[float, float]:
+    """(mean MB per round, total MB) down + up over the trained rounds; NaN when not counted."""
+    rounds = [r for r in trained_rounds(record) if "bytes-down" in r and "bytes-up" in r]
+    if not rounds:
+        return math.nan, math.nan
+    total = sum(float(r["bytes-down"]) + float(r["bytes-up"]) for r in rounds) / 1e6
+    return total / len(rounds), total
 
 
 def _gaps(record: Mapping) -> list[float]:
@@ -100,6 +116,8 @@ def summarize(
                 "to_target": float(np.mean(hit)) if hit else math.nan,
                 "gap": _mean_std([float(np.mean(g)) if (g := _gaps(r)) else math.nan for r in group]),
                 "gap_last": _mean_std([float(np.mean(g[-last:])) if (g := _gaps(r)) else math.nan for r in group]),
+                "mb_round": float(np.mean([run_mb(r)[0] for r in group])),
+                "mb_total": float(np.mean([run_mb(r)[1] for r in group])),
                 "wall": float(np.mean([r.get("timing", {}).get("process_seconds", math.nan) for r in group])),
             })  # fmt: skip
     return rows
@@ -227,16 +245,25 @@ def markdown(
         "their average (per round; negative: the average is better than the clients).",
         "",
         f"| alpha | strategy | seeds | final acc | best acc | {target_title} | "
-        f"fusion gap (all rounds) | fusion gap (last {last}) | s / cell |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"fusion gap (all rounds) | fusion gap (last {last}) | MB / round | total MB | s / cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['alpha']:g} | {r['strategy']} | {len(r['seeds'])} | {_fmt(r['final'])} | {_fmt(r['best'])} | "
             f"{_target_cell(r, target)} | {_fmt(r['gap'], signed=True)} | {_fmt(r['gap_last'], signed=True)} | "
-            f"{r['wall']:.0f} |"
+            f"{_mb(r['mb_round'])} | {_mb(r['mb_total'])} | {r['wall']:.0f} |"
         )
+    lines += [
+        "",
+        "MB = 10^6 bytes on the wire, down + up over all nodes: array payloads plus the mask blob "
+        "(protocol framing not counted).",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _mb(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3f}"
 
 
 def summary_csv(rows: Sequence[Mapping], target: float | None) -> str:
@@ -245,14 +272,14 @@ def summary_csv(rows: Sequence[Mapping], target: float | None) -> str:
     writer.writerow([
         "alpha", "strategy", "n_seeds", "seeds", "rounds", "final_acc_mean", "final_acc_std",
         "best_acc_mean", "best_acc_std", "target_accuracy", "rounds_to_target_mean", "seeds_reaching_target",
-        "fusion_gap_mean", "fusion_gap_std", "fusion_gap_last_mean", "fusion_gap_last_std", "seconds_per_cell",
+        "fusion_gap_mean", "fusion_gap_std", "fusion_gap_last_mean", "fusion_gap_last_std", "mb_per_round", "mb_total", "seconds_per_cell",
     ])  # fmt: skip
     for r in rows:
         writer.writerow([
             f"{r['alpha']:g}", r["strategy"], len(r["seeds"]), " ".join(map(str, r["seeds"])), r["rounds"],
             *r["final"], *r["best"], "" if target is None else target,
             "" if math.isnan(r["to_target"]) else r["to_target"], r["reached"] if target is not None else "",
-            *r["gap"], *r["gap_last"], r["wall"],
+            *r["gap"], *r["gap_last"], r["mb_round"], r["mb_total"], r["wall"],
         ])  # fmt: skip
     return buffer.getvalue()
 
@@ -333,6 +360,28 @@ def plots(recs: Sequence[Mapping], rows: Sequence[Mapping], out: Path) -> list[P
     path = out / "final_accuracy_vs_alpha.png"
     atomic_write_bytes(path, _png(fig))
     written.append(path)
+
+    mb = _curves(recs, "mb-cumulative")
+    for a in alphas:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for s in strategies:
+            if (a, s) in acc and (a, s) in mb and not np.isnan(mb[(a, s)][1]).all():
+                _, m, sd = acc[(a, s)]
+                x = mb[(a, s)][1]  # the same for every seed: bytes depend on model, rho and clients
+                ax.plot(x, m, label=s, color=colors[s], marker=".")
+                ax.fill_between(x, m - sd, m + sd, color=colors[s], alpha=0.2)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set(xlabel="cumulative MB on the wire (down + up, framing not counted)",
+               ylabel="test accuracy (global model)", title=f"accuracy vs communication, alpha = {a:g}")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = out / f"accuracy_vs_mb_alpha{a:g}.png"
+        atomic_write_bytes(path, _png(fig))
+        written.append(path)
 
     gap = _curves(recs, "fusion-gap")
     if any(not np.isnan(m).all() for _, m, _ in gap.values()):
