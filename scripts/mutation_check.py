@@ -55,14 +55,12 @@ MUTANTS = (
         (ST + "test_fixed_entries_exact_and_base_state_in_sync[fedpnu-fedavgm]",
          ST + "test_fixed_entries_exact_and_base_state_in_sync[fedpnu-fedadam]"),
     ),
-    # TODO(lead): i9core rewrites fedalign/masked_optim.py; update this snippet to the
-    # line that zeroes fixed gradients before each step in the rewritten module.
     Mutant(
         "gradient-zeroing-removed",
         "fedalign/masked_optim.py",
-        "        for anchor in anchors:\n            anchor.zero_fixed_grad()",
-        "        for anchor in anchors:\n            pass",
-        ("tests/test_masked_optim_state.py",),
+        "        grad = self.param.grad\n        if grad is None:\n            return",
+        "        grad = self.param.grad\n        if grad is None or True:\n            return",
+        ("tests/test_masked_optim.py", "tests/test_masked_optim_state.py"),
     ),
     Mutant(
         "fedpnu-restores-with-M-on-even-rounds",
