@@ -108,7 +108,7 @@ MUTANTS = (
     Mutant(
         "resend-after-mask-missing-skipped",
         "fedalign/strategies/subspace.py",
-        "self._holders.pop(node, None)  # re-send next time it is sampled",
+        "self._holders.pop(node, None)  # re-send mask and full model next time it is sampled",
         "pass",
         (S + "test_node_lacking_the_mask_is_not_averaged_and_gets_it_resent",),
     ),

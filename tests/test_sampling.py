@@ -61,6 +61,7 @@ def sampled_partitions(strategy_factory, run: int, rounds=3, num_nodes=40, fract
     arrays = ArrayRecord(model.state_dict())
     grid = QueryGrid(num_nodes, run, silent)
     strategy = strategy_factory(FedAvg(fraction_train=fraction, min_train_nodes=2, min_available_nodes=2), model)
+    strategy.max_failed_rounds = rounds + 1  # rounds here get no replies; that is not a failing run
     chosen = []
     for server_round in range(1, rounds + 1):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({}), grid))
