@@ -181,7 +181,8 @@ class Worker:
 
     def __init__(self, out: Path) -> None:
         read_fd, write_fd = os.pipe()
-        with open(Path(out) / WORKER_LOG, "ab") as log:
+        self.log = Path(out) / WORKER_LOG
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 worker_command(write_fd),
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True,
@@ -213,7 +214,8 @@ class Worker:
             elif kind == "failed":
                 self.close(grace=30.0)
                 return str(event.get("error", "unknown error"))
-        return f"the worker process died (exit code {self.proc.wait()})"
+        code = self.proc.wait()
+        return f"{_last_error_line(self.log) or 'the worker process died'} (worker exit code {code}; log {self.log})"
 
     def close(self, grace: float = 30.0) -> None:
         """End of input: the worker shuts Ray down and exits; stopped by PID if it does not."""
