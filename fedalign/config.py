@@ -58,6 +58,8 @@ DEFAULTS: dict[str, object] = {
     "optimizer": "sgd",
     "seed": 0,  # model initialization and client data order
     "client-test-eval": True,  # clients report their trained model's test accuracy (fusion gap)
+    "client-eval-size": 0,  # >0: clients evaluate on a fixed stratified subset of this many test samples
+    "device": "auto",  # auto | cpu | cuda | cuda:N (auto: the GPU when this process sees one)
     # outputs
     "output-dir": "outputs/flwr-run",
     "save-round-models": False,  # also write round_<r>.pt (global model after each round)
@@ -122,6 +124,11 @@ def validate(config: Mapping[str, object]) -> None:
         raise UsageError(f"fraction-evaluate={config['fraction-evaluate']} must be in [0, 1]")
     if not 0 < float(config["fraction-train"]) <= 1:
         raise UsageError(f"fraction-train={config['fraction-train']} must be in (0, 1]")
+    if int(config["client-eval-size"]) < 0:
+        raise UsageError(f"client-eval-size={config['client-eval-size']} must be >= 0 (0 = the whole test split)")
+    from fedalign.device import check_device_name
+
+    check_device_name(config["device"])
     if int(config["num-rounds"]) < 1:
         raise UsageError(f"num-rounds={config['num-rounds']} must be >= 1")
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 
 from fedalign.config import resolve
 from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
-from fedalign.run_setup import model_for, splits_for
+from fedalign.placement import PlacementLog
+from fedalign.run_setup import device_for, model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
 from fedalign.training import evaluate
 
@@ -52,13 +53,15 @@ def run_server(
     model = model_for(config, splits)
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}
     strategy = build_strategy(config, model)
+    model.to(device_for(config))  # central evaluation on the run's device
+    grid = placements = PlacementLog(grid)
     test_loader = DataLoader(splits.test, batch_size=512)
     rounds: list[dict] = []
     clock = {"last": time.perf_counter()}
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         state = arrays.to_torch_state_dict()
-        model.load_state_dict(state)
+        model.load_state_dict(state)  # copies into the model's device
         loss, accuracy = evaluate(model, test_loader)
         if config["save-round-models"]:
             atomic_write_bytes(out_dir / f"round_{server_round}.pt", _torch_bytes(state))
@@ -112,6 +115,7 @@ def run_server(
         }
         atomic_write_bytes(out_dir / "mask.bin", mask.to_bytes())
     record["rejected_replies"] = getattr(strategy, "rejected_replies", 0)
+    record["placement"] = placements.summary()
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
     atomic_write_bytes(out_dir / "initial_model.pt", _torch_bytes(initial_state))
     atomic_write_bytes(out_dir / "final_model.pt", _torch_bytes(final_arrays.to_torch_state_dict()))

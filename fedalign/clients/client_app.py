@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Subset
 
 from fedalign.config import resolve
 from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
-from fedalign.run_setup import model_for, partitions_for, splits_for
+from fedalign.placement import PLACEMENT_RECORD, placement_record
+from fedalign.run_setup import client_eval_set, device_for, model_for, partitions_for, splits_for
 from fedalign.training import TrainConfig, evaluate, seeded_loader, train
 
 ERROR_CODE_MASK_MISSING = 7001  # application-level error code for a missing mask
@@ -39,7 +40,7 @@ def _node(context: Context) -> tuple[int, int]:
 def _global_model(msg: Message, config) -> torch.nn.Module:
     model = model_for(config)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return model
+    return model.to(device_for(config))
 
 
 def train_config_for(config, msg_config, server_round: int) -> TrainConfig:
@@ -81,8 +82,10 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
         "train-seconds": time.perf_counter() - started,
     }
     if config["client-test-eval"]:
-        _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
+        _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(client_eval_set(config), EVAL_BATCH))
+    model.to("cpu")
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    content[PLACEMENT_RECORD] = placement_record()
     content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
     return Message(content=content, reply_to=msg)
 
