@@ -256,7 +256,25 @@ def job_for(out: Path, spec: Mapping[str, object], cell: Cell) -> dict:
     }
 
 
-def status(out: Path, spec: Mapping[str, object], cells: list[Cell]) -> dict[str, dict | None]:
+def check_devices(spec: Mapping[str, object], cells: list[Cell]) -> None:
+    """Refuse a GPU sweep on a machine without one, before anything is written (UsageError)."""
+    from fedalign.device import check_device_name
+
+    devices = {str(c.run_config.get("device", "auto")) for c in cells}
+    for name in devices:
+        check_device_name(name)
+    wants_gpu = float(spec.get("client-gpus", 0.0)) > 0 or any(d.startswith("cuda") for d in devices)
+    if not wants_gpu or os.environ.get("RAY_ADDRESS"):
+        return  # on a cluster the GPUs may be on other machines: Ray places the clients
+    from fedalign.device import resolve_device  # imports torch: only for GPU sweeps
+
+    for name in sorted(devices - {"auto", "cpu"}) or ["cuda"]:
+        resolve_device(name)
+
+
+def status(
+    out: Path, spec: Mapping[str, object], cells: list[Cell]
+) -> dict[str, dict | None]:
     """Finished record (or None) of every cell; nothing is written."""
     if records.check_compatible(out, spec) is None:
         return {c.id: None for c in cells}
@@ -274,6 +292,7 @@ def run_sweep(
     out = Path(out)
     every = cells_of(spec)
     cells = select(every, filters or {})
+    check_devices(spec, cells)
     records.prepare(out, spec, every, spec_file)
     finished = status(out, spec, cells)
     todo = [c for c in cells if finished[c.id] is None]
