@@ -83,7 +83,7 @@ def cluster():
     procs = []
     try:
         procs.append(subprocess.Popen(
-            [str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+            [str(RAY), "start", "--head", f"--port={port}",
              "--include-dashboard=false", f"--ray-client-server-port={free_port()}", *_node_args(temp)],
             stdout=logs[0], stderr=subprocess.STDOUT, env=env, start_new_session=True))  # fmt: skip
         deadline = time.monotonic() + 180
@@ -91,7 +91,7 @@ def cluster():
             assert procs[0].poll() is None, (temp / "head.log").read_text()[-2000:]
             time.sleep(1)
         procs.append(subprocess.Popen(
-            [str(RAY), "start", f"--address={address}", "--node-ip-address=127.0.0.1", *_node_args(temp)],
+            [str(RAY), "start", f"--address={address}", *_node_args(temp)],
             stdout=logs[1], stderr=subprocess.STDOUT, env=env, start_new_session=True))  # fmt: skip
         nodes: list[str] = []
         while len(nodes) < 2 and time.monotonic() < deadline + 120:
