@@ -85,7 +85,7 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
         _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(client_eval_set(config), EVAL_BATCH))
     model.to("cpu")
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
-    content[PLACEMENT_RECORD] = placement_record()
+    content[PLACEMENT_RECORD] = placement_record(partition_id=pid)
     content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
     return Message(content=content, reply_to=msg)
 
