@@ -64,6 +64,8 @@ DEFAULTS: dict[str, object] = {
     "optimizer": "sgd",
     "seed": 0,  # model initialization and client data order
     "client-test-eval": True,  # clients report their trained model's test accuracy (fusion gap)
+    "client-eval-size": 0,  # >0: clients evaluate on a fixed stratified subset of this many test samples
+    "device": "auto",  # auto | cpu | cuda | cuda:N (auto: the GPU when this process sees one)
     # outputs
     "output-dir": "outputs/flwr-run",
     "save-round-models": False,  # also write round_<r>.pt (global model after each round)
@@ -183,6 +185,11 @@ def validate(config: Mapping[str, object]) -> None:
     parse_model_args(str(config["model-args"]))
     if config["transport"] not in ("compact", "full"):
         raise UsageError(f"unknown transport {config['transport']!r}; valid: compact, full")
+    if int(config["client-eval-size"]) < 0:
+        raise UsageError(f"client-eval-size={config['client-eval-size']} must be >= 0 (0 = the whole test split)")
+    from fedalign.device import check_device_name
+
+    check_device_name(config["device"])
 
 
 def parse_model_args(text: str) -> dict[str, object]:

@@ -79,3 +79,35 @@ def model_for(config: Mapping[str, object], splits: DatasetSplits | None = None)
         seed=int(config["seed"]),
         **parse_model_args(str(config["model-args"])),
     )
+
+
+@lru_cache(maxsize=4)
+def _eval_positions(key: tuple, size: int) -> tuple[int, ...]:
+    from fedalign.datasets import stratified_subset
+
+    config = dict(key)
+    labels = splits_for(config).test_labels
+    return tuple(int(i) for i in stratified_subset(labels, min(size, len(labels)), int(config["partition-seed"]) + 2, "client-eval-size"))
+
+
+def client_eval_set(config: Mapping[str, object]):
+    """The test samples a client scores its trained model on: all, or `client-eval-size` of them.
+
+    The subset is stratified and fixed by partition-seed, so every client and
+    every round is scored on the same samples (the fusion gap stays comparable).
+    """
+    from torch.utils.data import Subset
+
+    test = splits_for(config).test
+    size = int(config["client-eval-size"])
+    if not size or size >= len(test):
+        return test
+    key = tuple((k, config[k]) for k in _PARTITION_KEYS)
+    return Subset(test, list(_eval_positions(key, size)))
+
+
+def device_for(config: Mapping[str, object]):
+    """The torch.device of this process for the run (see fedalign.device)."""
+    from fedalign.device import resolve_device
+
+    return resolve_device(str(config["device"]))

@@ -28,8 +28,9 @@ from fedalign.config import resolve
 from fedalign.errors import UsageError
 from fedalign.preflight import check_run_config
 from fedalign.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
+from fedalign.placement import PlacementLog
 from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, release_simulation_engine, write_or_fallback
-from fedalign.run_setup import model_for, splits_for
+from fedalign.run_setup import device_for, model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
 from fedalign.strategies.guarded import NoClientSucceededError
 from fedalign.training import evaluate
@@ -73,13 +74,15 @@ def run_server(
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}
     strategy = build_strategy(config, model)
     strategy.max_failed_rounds = int(config["max-failed-rounds"])
+    model.to(device_for(config))  # central evaluation on the run's device
+    grid = placements = PlacementLog(grid)
     test_loader = DataLoader(splits.test, batch_size=512)
     rounds: list[dict] = []
     clock = {"last": time.perf_counter()}
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         state = arrays.to_torch_state_dict()
-        model.load_state_dict(state)
+        model.load_state_dict(state)  # copies into the model's device
         loss, accuracy = evaluate(model, test_loader)
         if config["save-round-models"]:
             atomic_write_bytes(out_dir / f"round_{server_round}.pt", _torch_bytes(state))
@@ -146,6 +149,7 @@ def run_server(
     sampler = getattr(strategy, "sampler", None)
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
+    record["placement"] = placements.summary()
     final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
 
     def write(directory: Path) -> None:

@@ -14,7 +14,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedalign import warm_ray
 from fedalign.config import resolve
+from fedalign.quick_poll import quick_polling
 from fedalign.server_app import RoundCallback
 
 
@@ -24,8 +26,13 @@ def simulate(
     on_round: RoundCallback | None = None,
     client_cpus: float = 1.0,
     verbose: bool = False,
+    client_gpus: float = 0.0,
 ) -> dict:
-    """Run the cell; return the record written to `<output-dir>/metrics.json`."""
+    """Run the cell; return the record written to `<output-dir>/metrics.json`.
+
+    Inside `fedalign.warm_ray.warm_engine()` the Ray runtime and client actors
+    of the previous call are reused (the sweep worker runs many cells that way).
+    """
     from flwr.simulation import run_simulation
 
     from fedalign.clients.client_app import build_client_app
@@ -39,15 +46,17 @@ def simulate(
     init_args = {} if os.environ.get("RAY_ADDRESS") else {
         "num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
     }
-    run_simulation(
-        server_app=build_server_app(config, on_round=on_round),
-        client_app=build_client_app(config),
-        num_supernodes=int(num_supernodes),
-        backend_config={
-            "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-            "init_args": init_args,
-        },
-    )
+    with quick_polling():
+        run_simulation(
+            server_app=build_server_app(config, on_round=on_round),
+            client_app=build_client_app(config),
+            num_supernodes=int(num_supernodes),
+            backend_config={
+                "client_resources": {"num_cpus": client_cpus, "num_gpus": float(client_gpus)},
+                "init_args": init_args,
+            },
+        )
+    warm_ray.mark_healthy()
     record_path = Path(str(config["output-dir"])).expanduser().resolve() / "metrics.json"
     if not record_path.exists():
         raise RuntimeError(f"the simulation ended without writing {record_path}; see the log above")

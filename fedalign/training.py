@@ -34,6 +34,12 @@ class TrainConfig:
     proximal_mu: float = 0.0
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Batches go where the model is (CPU unless the caller moved it; see fedalign.device)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -77,10 +83,12 @@ def train(
         [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     )
     criterion = criterion or nn.CrossEntropyLoss()
+    device = _device_of(model)
     total, count = 0.0, 0
     for epoch in range(cfg.epochs):
         epoch_loss, epoch_n = 0.0, 0
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), y)
             if anchor is not None:  # FedProx: (mu / 2) * ||w - w_global||^2
@@ -104,8 +112,10 @@ def train(
 def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on `loader`."""
     model.eval()
+    device = _device_of(model)
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

@@ -185,8 +185,10 @@ def test_imagefolder_png_tree_and_disk_cache(tmp_path, monkeypatch):
     assert float(x.mean((0, 2, 3)).abs().max()) < 1e-4 and float((x.std((0, 2, 3)) - 1).abs().max()) < 0.01
 
     cache_dir = fd.cache.cache_dir()
-    assert len(list(cache_dir.glob("imagefolder-*.npz"))) == 1
-    # a fresh process would read the .npz instead of decoding: simulate by forbidding decoding
+    assert len(list(cache_dir.glob("imagefolder-*"))) == 1
+    # the splits index into a read-only memory map of the cache entry, shared by all processes
+    assert isinstance(s.train.pixels, np.memmap) and not s.train.pixels.flags.writeable
+    # a fresh process would read the entry instead of decoding: simulate by forbidding decoding
     fd._read_cached.cache_clear()
     monkeypatch.setattr(fd.imagefolder, "decode_imagefolder", lambda root: pytest.fail("decoded again"))
     again = load_dataset("imagefolder", data_dir=root)
@@ -196,7 +198,7 @@ def test_imagefolder_png_tree_and_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDALIGN_CACHE", str(cache_dir))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dog" / "999.png")
     assert len(load_dataset("imagefolder", data_dir=root).train) == 19
-    assert len(list(cache_dir.glob("imagefolder-*.npz"))) == 2
+    assert len(list(cache_dir.glob("imagefolder-*"))) == 2
 
 
 def test_grayscale_tree_is_one_channel_and_cifar_name_uses_known_stats(tmp_path):
@@ -270,3 +272,21 @@ def test_shared_cifar10_imagefolder(monkeypatch):
     print(f"shared CIFAR-10 load: {elapsed:.2f}s")
     del s, x
     fd._read_cached.cache_clear()
+
+
+def test_per_batch_normalization_is_bit_identical_to_whole_array(tmp_path):
+    """Loader batches (through Subset, shuffled) equal normalizing all pixels at once, bit for bit."""
+    from torch.utils.data import DataLoader, Subset
+
+    from fedalign.datasets.base import normalize
+
+    root = tmp_path / "tree"
+    _write_imagefolder(root, np.random.default_rng(7), size=8)
+    s = load_dataset("cifar10", data_dir=root, train_size=12, seed=3)
+    raw, _ = fd.load_raw("cifar10", root)
+    whole = normalize(np.array(raw.train_x), raw.scale, s.mean, s.std)[torch.from_numpy(s.train.indices)]
+    picked = [5, 0, 11, 3, 7]
+    xs, ys = zip(*DataLoader(Subset(s.train, picked), batch_size=2))
+    assert torch.equal(torch.cat(xs), whole[picked])
+    assert torch.equal(torch.cat(ys), torch.from_numpy(s.train_labels[picked]))
+    assert torch.equal(s.train[4][0], whole[4])

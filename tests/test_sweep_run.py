@@ -89,6 +89,10 @@ def test_sweep_writes_records_tables_plots(full_run):
         assert rec["timing"]["overhead_seconds"] > 0
         assert (full_run / "cells" / cell / "metrics.json").exists()
     assert "fedpfn" in _record(full_run, CELLS[1]).get("config", {}).get("strategy", "")
+    # both cells ran in one warm worker: the second reused its Ray runtime and actors
+    first, second = (_record(full_run, c)["engine"] for c in CELLS)
+    assert (first["warm"], first["cells_before"]) == (False, 0)
+    assert (second["warm"], second["cells_before"]) == (True, 1) and second["pid"] == first["pid"]
     summary = (full_run / "summary.md").read_text()
     assert "| alpha | fedavg | fedpfn |" in summary and "| 0.5 |" in summary
     rows = (full_run / "summary.csv").read_text().splitlines()
@@ -178,7 +182,9 @@ def test_kill_mid_cell_then_resume_matches_uninterrupted_run(full_run, work):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "removed its interrupted run" in rerun.stderr
     # The resumed cell is a second, independent run of the same spec and seed: it must
-    # match the uninterrupted sweep round by round.
+    # match the uninterrupted sweep round by round. It ran first in a fresh worker,
+    # the uninterrupted one second in a warm worker: warm reuse changes no result.
+    assert _record(out, CELLS[1])["engine"]["warm"] is False
     want = [r["accuracy"] for r in _record(full_run, CELLS[1])["rounds"]]
     got = [r["accuracy"] for r in _record(out, CELLS[1])["rounds"]]
     assert len(got) == len(want) == 4

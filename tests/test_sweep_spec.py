@@ -307,17 +307,22 @@ def test_bad_specs_via_cli_exit_2_one_line_and_touch_nothing(tmp_path):
 
 
 def test_failed_cell_is_one_clear_error_and_not_done(tmp_path, monkeypatch):
+    """A worker that dies on a cell: one clear error naming the cell, no record, a fresh worker per cell."""
     from fedalign.sweep import runner
 
-    def failing(directory, fd):
-        return [sys.executable, "-c", "import sys; print('ValueError: boom'); sys.exit(3)"]
+    starts = tmp_path / "starts"
 
-    monkeypatch.setattr(runner, "child_command", failing)
-    s = spec(alphas=[0.5], strategies=["fedavg"], seeds=[0])
+    def failing(fd):
+        code = f"open({str(starts)!r}, 'a').write('x'); import sys; sys.stdin.readline(); print('ValueError: boom'); sys.exit(3)"
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(runner, "worker_command", failing)
+    s = spec(alphas=[0.5], strategies=["fedavg", "fedpfn"], seeds=[0])
     import io
 
-    with pytest.raises(runner.CellFailed, match=r"alpha=0.5 fedavg seed=0 failed \(exit code 3\): ValueError: boom; full log"):
+    with pytest.raises(runner.CellFailed, match=r"2 of 2 cells failed, the others are recorded: cell alpha=0.5 fedavg seed=0 failed: ValueError: boom \(worker exit code 3; .*\(and 1 more\)"):
         runner.run_sweep(s, tmp_path / "out", stream=io.StringIO())
-    cell = cells_of(s)[0]
-    assert not (records.cell_dir(tmp_path / "out", cell) / "record.json").exists()
-    assert runner.status(tmp_path / "out", s, [cell]) == {cell.id: None}
+    assert starts.read_text() == "xx"  # the second cell ran in a fresh worker
+    for cell in cells_of(s):
+        assert not (records.cell_dir(tmp_path / "out", cell) / "record.json").exists()
+        assert runner.status(tmp_path / "out", s, [cell]) == {cell.id: None}

@@ -21,7 +21,8 @@ from fedalign.clients import scaffold
 from fedalign.config import resolve
 from fedalign.partition_query import answer_partition_query
 from fedalign.protocol import REPLY_RECORD, MaskMissingError, receive_round_mask, reply_record
-from fedalign.run_setup import model_for, partitions_for, splits_for
+from fedalign.placement import PLACEMENT_RECORD, placement_record
+from fedalign.run_setup import client_eval_set, device_for, model_for, partitions_for, splits_for
 from fedalign.transport import AnchorsMissingError, note_anchors, receive_arrays, reply_arrays
 from fedalign.training import TrainConfig, evaluate, seeded_loader, train
 
@@ -42,7 +43,7 @@ def _node(context: Context) -> tuple[int, int]:
 def _global_model(arrays: ArrayRecord, config) -> torch.nn.Module:
     model = model_for(config)
     model.load_state_dict(arrays.to_torch_state_dict())
-    return model
+    return model.to(device_for(config))
 
 
 def train_config_for(config, msg_config, server_round: int) -> TrainConfig:
@@ -92,8 +93,10 @@ def train_handler(msg: Message, context: Context, config: Mapping[str, object]) 
         "train-seconds": time.perf_counter() - started,
     }
     if config["client-test-eval"]:
-        _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(splits.test, EVAL_BATCH))
+        _, metrics["client-test-accuracy"] = evaluate(model, DataLoader(client_eval_set(config), EVAL_BATCH))
+    model.to("cpu")
     content = RecordDict({"arrays": reply_arrays(model.state_dict(), msg, mask), "metrics": MetricRecord(metrics)})
+    content[PLACEMENT_RECORD] = placement_record(partition_id=pid)
     content[REPLY_RECORD] = reply_record(mask, partition_id=pid)
     if control_delta is not None:
         content[scaffold.DELTA_KEY] = control_delta

@@ -9,9 +9,10 @@ folders, it is read as an image folder tree with that data set's
 normalization. "imagefolder" reads any such tree and normalizes with the mean
 and std of its training images.
 
-Decoded pixels are cached per process (and image trees also on disk, see
-`fedalign.datasets.cache`), so repeated loads in one sweep cost only the
-normalization and subsetting.
+Decoded pixels are cached per process and on disk as uint8 .npy files that
+every process memory-maps (`fedalign.datasets.cache`); the splits index into
+them and normalize per batch (`PixelDataset`), so the server and all Ray
+actors of a simulation share one copy of the pixels.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _read_cached(kind: str, root: str, print_: str) -> RawSplits:
         return load_digits_raw()
     if kind == "imagefolder":
         return imagefolder.load_imagefolder(Path(root), print_)
-    from fedalign.datasets import torchvision_sets  # imports torchvision (~1 s): only when needed
+    from fedalign.datasets import cache, torchvision_sets  # imports torchvision (~1 s): only when needed
 
-    return torchvision_sets.read(kind, Path(root))
+    return cache.cached(f"torchvision-{kind}", root, print_, lambda: torchvision_sets.read(kind, Path(root)))
 
 
 def _missing_message(name: str, root: Path, download: bool) -> str:

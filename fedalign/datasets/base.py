@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from fedalign.errors import UsageError
 
@@ -31,9 +31,48 @@ class RawSplits:
     source: str = ""
 
 
+class PixelDataset(Dataset):
+    """Samples `indices` of integer pixels, normalized when a batch is read.
+
+    `pixels` is usually a read-only memory map shared by every process (see
+    `fedalign.datasets.cache`): no process holds a float copy of the data set.
+    Values are bit-identical to normalizing the whole array at once: the
+    arithmetic is element-wise. DataLoader batches go through `__getitems__`
+    (one fancy-indexed read per batch, also through `Subset`).
+    """
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 scale: float, mean: Sequence[float], std: Sequence[float]) -> None:  # fmt: skip
+        self.pixels, self.scale = pixels, float(scale)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)[self.indices].copy())
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = np.asarray(positions, dtype=np.int64)
+        x = normalize(self.pixels[self.indices[positions]], self.scale, self.mean, self.std)
+        return x, self.labels[torch.from_numpy(positions)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch([int(i)])
+        return x[0], y[0]
+
+    def __getitems__(self, positions: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.batch(positions)
+        return list(zip(x, y))
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All samples as (x, y) tensors (materialized: for small sets and tests)."""
+        return self.batch(np.arange(len(self)))
+
+
 @dataclass
 class DatasetSplits:
-    """Normalized float32 NCHW tensors and int64 labels, ready for a DataLoader."""
+    """Train/test `PixelDataset`s (normalized float32 NCHW batches, int64 labels) for a DataLoader."""
 
     name: str
     train: Dataset
@@ -103,8 +142,8 @@ def to_splits(
     te = stratified_subset(raw.test_y, test_size, seed + 1, "test_size")
     train_y = raw.train_y[tr].astype(np.int64)
     test_y = raw.test_y[te].astype(np.int64)
-    train = TensorDataset(normalize(raw.train_x[tr], raw.scale, mean, std), torch.from_numpy(train_y.copy()))
-    test = TensorDataset(normalize(raw.test_x[te], raw.scale, mean, std), torch.from_numpy(test_y.copy()))
+    train = PixelDataset(raw.train_x, raw.train_y, tr, raw.scale, mean, std)
+    test = PixelDataset(raw.test_x, raw.test_y, te, raw.scale, mean, std)
     return DatasetSplits(
         name=name,
         train=train,

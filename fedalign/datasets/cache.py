@@ -1,28 +1,34 @@
-"""On-disk cache of decoded pixels, so a JPEG/PNG tree is decoded once per machine.
+"""On-disk cache of decoded pixels: decoded once per machine, memory-mapped by every process.
 
-Entries live under `$FEDALIGN_CACHE` (default ~/.cache/fedalign) as
-uncompressed .npz files. The key is the absolute path plus a fingerprint of
-every file (count, total size, newest mtime), so adding, removing or editing
-an image invalidates the entry. Entries are written atomically (tmp + rename):
-a crash never leaves a half-written cache that a later run would trust.
+Entries live under `$FEDALIGN_CACHE` (default ~/.cache/fedalign), one folder
+per source holding plain .npy files (uint8 NCHW pixels, int64 labels) and a
+meta.json. Readers open the pixel files with `mmap_mode="r"`, so the server
+and every Ray actor of a simulation share one copy in the page cache instead
+of each holding its own decoded array (see `fedalign.datasets.base.PixelDataset`).
+
+The key is the absolute path plus a fingerprint of every file (count, total
+size, newest mtime), so adding, removing or editing an image invalidates the
+entry. Entries are written into a temporary folder and renamed into place: a
+crash never leaves a half-written entry that a later run would trust.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import os
-import zipfile
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from fedalign.datasets.base import RawSplits
-from fedalign.provenance import atomic_write_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def cache_dir() -> Path:
@@ -39,43 +45,62 @@ def fingerprint(paths: Iterable[str | os.PathLike]) -> str:
 
 
 def cache_path(kind: str, root: str | os.PathLike, print_: str) -> Path:
-    key = json.dumps([CACHE_VERSION, kind, str(Path(root).resolve()), print_])
+    key = json.dumps([CACHE_VERSION, kind, str(Path(root).resolve()) if root else "", print_])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir() / f"{kind}-{digest}.npz"
+    return cache_dir() / f"{kind}-{digest}"
 
 
 def load_cached(path: Path) -> RawSplits | None:
-    """The cached pixels, or None when absent or unreadable (then the caller decodes again)."""
-    if not path.is_file():
+    """The cached pixels (memory-mapped, read-only), or None when absent or unreadable."""
+    if not (path / "meta.json").is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return RawSplits(
-                train_x=z["train_x"],
-                train_y=z["train_y"],
-                test_x=z["test_x"],
-                test_y=z["test_y"],
-                classes=[str(c) for c in z["classes"]],
-                scale=float(z["scale"]),
-                source=str(z["source"]),
-            )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        meta = json.loads((path / "meta.json").read_text())
+        arrays = {
+            name: np.load(path / f"{name}.npy", mmap_mode="r" if name.endswith("_x") else None, allow_pickle=False)
+            for name in _ARRAYS
+        }
+        return RawSplits(**arrays, classes=[str(c) for c in meta["classes"]], scale=float(meta["scale"]),
+                         source=str(meta["source"]))  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
 
 
-def save_cached(path: Path, raw: RawSplits) -> None:
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        train_x=raw.train_x,
-        train_y=raw.train_y,
-        test_x=raw.test_x,
-        test_y=raw.test_y,
-        classes=np.array(raw.classes, dtype=str),
-        scale=np.array(raw.scale),
-        source=np.array(raw.source),
-    )
+def save_cached(path: Path, raw: RawSplits) -> bool:
+    """Write `raw` as an entry at `path` (atomically); False when the cache is not writable."""
     try:
-        atomic_write_bytes(path, buf.getbuffer())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError:
-        pass  # a read-only or full cache only costs speed, never correctness
+        return False
+    try:
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(raw, name)), allow_pickle=False)
+        meta = {"classes": list(raw.classes), "scale": raw.scale, "source": raw.source, "version": CACHE_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False  # a read-only or full cache only costs memory and speed, never correctness
+
+
+def cached(kind: str, root: str | os.PathLike, print_: str, read: Callable[[], RawSplits]) -> RawSplits:
+    """Pixels of one source from the cache, reading (`read()`) and caching them on a miss.
+
+    After a miss the entry just written is mapped back, so this process too
+    holds the shared mapping rather than the decoded copy.
+    """
+    path = cache_path(kind, root, print_)
+    raw = load_cached(path)
+    if raw is not None:
+        return raw
+    raw = read()
+    if save_cached(path, raw):
+        with contextlib.suppress(Exception):
+            return load_cached(path) or raw
+    return raw

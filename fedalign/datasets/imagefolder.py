@@ -101,9 +101,4 @@ def decode_imagefolder(root: Path) -> RawSplits:
 
 def load_imagefolder(root: Path, print_: str) -> RawSplits:
     """Decoded pixels of the tree at `root` whose `fingerprint` is `print_`, from disk cache if there."""
-    path = cache.cache_path("imagefolder", root, print_)
-    raw = cache.load_cached(path)
-    if raw is None:
-        raw = decode_imagefolder(root)
-        cache.save_cached(path, raw)
-    return raw
+    return cache.cached("imagefolder", root, print_, lambda: decode_imagefolder(root))

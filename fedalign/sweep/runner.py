@@ -1,10 +1,12 @@
-"""Run the missing cells of a sweep, one child process each, with a live progress line.
+"""Run the missing cells of a sweep in a warm worker process, with a live progress line.
 
-The parent never imports Flower or Ray: each cell is `python -m
-fedalign.sweep.cell` in a fresh process, which reports its rounds back over a
-pipe. SIGTERM/Ctrl-C stop the running child (by its PID) and leave every
-finished record in place; the next run deletes the interrupted cell's
-directory and runs it again.
+The parent never imports Flower or Ray: cells run in `python -m
+fedalign.sweep.worker`, a child that keeps one Ray runtime and its client
+actors across cells (`fedalign.warm_ray`) and reports rounds back over a pipe.
+A cell that fails ends its worker; the failure is reported, the next cell gets
+a fresh worker, and the sweep exits with an error once the others are done.
+SIGTERM/Ctrl-C stop the worker (by its PID) and leave every finished record in
+place; the next run deletes the interrupted cell's directory and runs it again.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from fedalign.sweep import records
 from fedalign.sweep.spec import Cell, cells_of, select
 
 
+WORKER_LOG = "worker.log"
+
+
 class CellFailed(RuntimeError):
-    """A cell's child process ended without writing its record."""
+    """A cell ended without writing its record."""
 
 
 def format_duration(seconds: float) -> str:
@@ -134,8 +139,8 @@ def child_env(out: Path) -> dict[str, str]:
     return env
 
 
-def child_command(directory: Path, progress_fd: int) -> list[str]:
-    return [sys.executable, "-m", "fedalign.sweep.cell", str(directory), "--progress-fd", str(progress_fd)]
+def worker_command(progress_fd: int) -> list[str]:
+    return [sys.executable, "-m", "fedalign.sweep.worker", "--progress-fd", str(progress_fd)]
 
 
 def _die_with_parent() -> None:
@@ -171,36 +176,70 @@ def _last_error_line(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def run_cell(out: Path, cell: Cell, job: Mapping[str, object], progress: Progress) -> dict:
-    """Run `cell` in a child process; return its record (read back from record.json)."""
+class Worker:
+    """One warm worker process (`fedalign.sweep.worker`) and its progress pipe."""
+
+    def __init__(self, out: Path) -> None:
+        read_fd, write_fd = os.pipe()
+        self.log = Path(out) / WORKER_LOG
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                worker_command(write_fd),
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True,
+                pass_fds=(write_fd,), env=child_env(out), preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        os.close(write_fd)
+        self.events = os.fdopen(read_fd)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, directory: Path, progress: Progress) -> str | None:
+        """Run one cell; None when it finished, else why it failed (the worker is then gone)."""
+        try:
+            self.proc.stdin.write(f"{directory.resolve()}\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return f"the worker exited (code {self.proc.wait()}) before taking the cell"
+        for line in self.events:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = event.get("event")
+            if kind == "round":
+                progress.on_round(int(event["round"]))
+            elif kind == "done":
+                return None
+            elif kind == "failed":
+                self.close(grace=30.0)
+                return str(event.get("error", "unknown error"))
+        code = self.proc.wait()
+        return f"{_last_error_line(self.log) or 'the worker process died'} (worker exit code {code}; log {self.log})"
+
+    def close(self, grace: float = 30.0) -> None:
+        """End of input: the worker shuts Ray down and exits; stopped by PID if it does not."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _stop(self.proc)
+        self.events.close()
+
+
+def run_cell(out: Path, cell: Cell, job: Mapping[str, object], progress: Progress, worker: Worker) -> dict:
+    """Run `cell` in `worker`; return its record (read back from record.json)."""
     directory = records.cell_dir(out, cell)
     records.write_job(out, cell, job)
-    log_path = directory / records.LOG_FILE
-    read_fd, write_fd = os.pipe()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            child_command(directory, write_fd),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,), env=child_env(out), preexec_fn=_die_with_parent,
-        )  # fmt: skip
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd) as events:
-            for line in events:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if event.get("event") == "round":
-                    progress.on_round(int(event["round"]))
-        code = proc.wait()
-    finally:
-        _stop(proc)
+    error = worker.run(directory, progress)
     record_path = directory / records.RECORD_FILE
-    if code != 0 or not record_path.exists():
+    if error is not None or not record_path.exists():
+        log_path = directory / records.LOG_FILE
+        detail = _last_error_line(log_path) or error
         raise CellFailed(
-            f"cell {cell.label} failed (exit code {code}): {_last_error_line(log_path)}; "
-            f"full log: {log_path}; the next run retries it"
+            f"cell {cell.label} failed: {detail}; full log: {log_path}; the next run retries it"
         )
     return records.load_record(out, cell)
 
@@ -213,10 +252,29 @@ def job_for(out: Path, spec: Mapping[str, object], cell: Cell) -> dict:
         "run_config": run_config,
         "num_supernodes": int(spec["clients"]),
         "client_cpus": float(spec["client-cpus"]),
+        "client_gpus": float(spec.get("client-gpus", 0.0)),
     }
 
 
-def status(out: Path, spec: Mapping[str, object], cells: list[Cell]) -> dict[str, dict | None]:
+def check_devices(spec: Mapping[str, object], cells: list[Cell]) -> None:
+    """Refuse a GPU sweep on a machine without one, before anything is written (UsageError)."""
+    from fedalign.device import check_device_name
+
+    devices = {str(c.run_config.get("device", "auto")) for c in cells}
+    for name in devices:
+        check_device_name(name)
+    wants_gpu = float(spec.get("client-gpus", 0.0)) > 0 or any(d.startswith("cuda") for d in devices)
+    if not wants_gpu or os.environ.get("RAY_ADDRESS"):
+        return  # on a cluster the GPUs may be on other machines: Ray places the clients
+    from fedalign.device import resolve_device  # imports torch: only for GPU sweeps
+
+    for name in sorted(devices - {"auto", "cpu"}) or ["cuda"]:
+        resolve_device(name)
+
+
+def status(
+    out: Path, spec: Mapping[str, object], cells: list[Cell]
+) -> dict[str, dict | None]:
     """Finished record (or None) of every cell; nothing is written."""
     if records.check_compatible(out, spec) is None:
         return {c.id: None for c in cells}
@@ -248,6 +306,7 @@ def run_sweep(
     out = Path(out)
     every = cells_of(spec)
     cells = select(every, filters or {})
+    check_devices(spec, cells)
     records.prepare(out, spec, every, spec_file)
     finished = status(out, spec, cells)
     todo = [c for c in cells if finished[c.id] is None]
@@ -258,21 +317,38 @@ def run_sweep(
         progress.say(f"{len(cells) - len(todo)} of {len(cells)} cells already finished in {out}; running {len(todo)}")
     started = time.perf_counter()
     overheads: list[float] = []
+    failures: list[str] = []
+    worker: Worker | None = None
     with _sigterm_as_interrupt():
-        for cell in todo:
-            if records.clean_partial(out, cell):
-                progress.say(f"cell {cell.label}: removed its interrupted run; running it again")
-            progress.start(cell)
-            t0 = time.perf_counter()
-            record = run_cell(out, cell, job_for(out, spec, cell), progress)
-            wall = time.perf_counter() - t0
-            progress.finish(wall)
-            overheads.append(wall - record["timing"]["process_seconds"] + record["timing"]["overhead_seconds"])
-            progress.say(
-                f"cells {progress.done}/{progress.total} | cell {cell.label} done: accuracy "
-                f"{record['final_accuracy']:.4f} after {len(record['rounds']) - 1} rounds in "
-                f"{format_duration(wall)} (startup/teardown {overheads[-1]:.0f}s) | {progress.eta(running=False)}"
-            )
+        try:
+            for cell in todo:
+                if records.clean_partial(out, cell):
+                    progress.say(f"cell {cell.label}: removed its interrupted run; running it again")
+                progress.start(cell)
+                t0 = time.perf_counter()
+                if worker is None or not worker.alive():
+                    worker = Worker(out)
+                try:
+                    record = run_cell(out, cell, job_for(out, spec, cell), progress, worker)
+                except CellFailed as err:
+                    failures.append(str(err))
+                    progress.finish(time.perf_counter() - t0)
+                    progress.say(f"cells {progress.done}/{progress.total} | {err} | continuing with the others")
+                    continue
+                wall = time.perf_counter() - t0
+                progress.finish(wall)
+                overheads.append(wall - record["timing"]["process_seconds"] + record["timing"]["overhead_seconds"])
+                progress.say(
+                    f"cells {progress.done}/{progress.total} | cell {cell.label} done: accuracy "
+                    f"{record['final_accuracy']:.4f} after {len(record['rounds']) - 1} rounds in "
+                    f"{format_duration(wall)} (startup/teardown {overheads[-1]:.0f}s) | {progress.eta(running=False)}"
+                )
+        finally:
+            if worker is not None:
+                worker.close()
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise CellFailed(f"{len(failures)} of {len(todo)} cells failed, the others are recorded: {failures[0]}{more}")
     return {
         "cells": len(cells),
         "ran": len(todo),

@@ -48,12 +48,13 @@ OWN_DEFAULTS: dict[str, object] = {
     "target-accuracy": None,  # for the 'rounds to target' column
     "last-rounds": 5,  # final accuracy = mean over the last k rounds
     "client-cpus": 1.0,  # Ray CPUs per client: 1.0 on 2 cores = 2 clients in parallel
+    "client-gpus": 0.0,  # Ray GPUs per client: 0.25 = four clients share one GPU
     "run-config": {},  # any other run-config key, for every cell
     "download": False,  # fetch a torchvision data set into data-dir once, before the first cell
 }
 
 # Keys that only affect how results are run or shown, not what a cell computes.
-COSMETIC = ("name", "target-accuracy", "last-rounds", "client-cpus", "download")
+COSMETIC = ("name", "target-accuracy", "last-rounds", "client-cpus", "client-gpus", "download")
 
 # Run-config keys a sweep sets itself (or under another name).
 RENAMED = {
@@ -269,7 +270,7 @@ def resolve_spec(raw, where: str = "spec", base_dir: Path | None = None) -> dict
                      ("classes-per-partition", 1), ("partition-seed", 0), ("local-epochs", 1),
                      ("batch-size", 1), ("rounds", 1), ("clients", 2), ("last-rounds", 1)):  # fmt: skip
         out[key] = ck.int(key, s[key], low)
-    for key in ("lr", "lr-decay", "momentum", "weight-decay", "rho", "participation", "client-cpus"):
+    for key in ("lr", "lr-decay", "momentum", "weight-decay", "rho", "participation", "client-cpus", "client-gpus"):
         out[key] = ck.float(key, s[key])
     out["client-test-eval"] = ck.bool("client-test-eval", s["client-test-eval"])
     out["download"] = ck.bool("download", s["download"])
@@ -291,6 +292,7 @@ def resolve_spec(raw, where: str = "spec", base_dir: Path | None = None) -> dict
     ck.check(not dup, f"strategy name(s) {', '.join(dup)} repeat; give each entry its own 'name'")
     ck.check(0 < out["participation"] <= 1, f"participation={out['participation']} must be in (0, 1]")
     ck.check(out["client-cpus"] > 0, f"client-cpus={out['client-cpus']} must be > 0")
+    ck.check(out["client-gpus"] >= 0, f"client-gpus={out['client-gpus']} must be >= 0 (0 = CPU only)")
     target = s["target-accuracy"]
     if target is not None:
         target = ck.float("target-accuracy", target)

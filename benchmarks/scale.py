@@ -1,0 +1,164 @@
+"""Memory and round time of one simulation with many clients: peak PSS over the whole process tree.
+
+    python benchmarks/scale.py --clients 1000 --actors 2 --fraction 0.01 --rounds 2
+    python benchmarks/scale.py --clients 1000 --actors 4 --fraction 0.01 --rounds 2
+    python benchmarks/scale.py --clients 10000 --actors 2 --fraction 0.001 --rounds 2
+    python benchmarks/scale.py --dataset digits --clients 100 --actors 2     # no files needed
+
+Runs one FedPFN cell through `fedalign.simulation.simulate` (Flower's
+Simulation Runtime on Ray) on the full CIFAR-10 train split (IID shards, so
+any number of clients works), sampling `fraction` of the clients per round.
+K actors are made by giving each client `cpus / K` Ray CPUs. A thread reads
+/proc/<pid>/smaps_rollup of this process and all its descendants (Ray's GCS,
+raylet, the client actors) every 0.2 s; PSS charges each shared page
+(libraries, the memory-mapped pixel cache) to the processes sharing it, so
+the sum is the real footprint. Prints one table row; --json adds the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def process_tree(root: int) -> list[int]:
+    tree, out, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(tree.get(pid, []))
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakPss(threading.Thread):
+    """Samples the summed PSS of this process tree until stopped; keeps the peak."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.peak_procs = interval, 0, 0
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        pids = process_tree(os.getpid())
+        total = sum(pss_kib(p) for p in pids)
+        if total > self.peak:
+            self.peak, self.peak_procs = total, len(pids)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(self.interval)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--actors", type=int, default=2, help="Ray actors (client-cpus = CPUs / actors)")
+    p.add_argument("--fraction", type=float, default=None, help="clients sampled per round (default: 10 clients)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dataset", default="cifar10", choices=("cifar10", "digits"))
+    p.add_argument("--data-dir", default=str(CIFAR))
+    p.add_argument("--model", default=None, help="default: cnn for cifar10, mlp for digits")
+    p.add_argument("--strategy", default="fedpfn")
+    p.add_argument("--client-eval-size", type=int, default=None, help="run config client-eval-size, if supported")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    fraction = args.fraction if args.fraction is not None else min(1.0, 10 / args.clients)
+    cpus = max(1, os.cpu_count() or 1)
+    out = Path(tempfile.mkdtemp(prefix="fedalign-scale-"))
+    os.environ.setdefault("FLWR_HOME", str(out / ".flwr"))
+    config = {
+        "dataset": args.dataset,
+        "data-dir": args.data_dir if args.dataset == "cifar10" else "",
+        "model": args.model or ("cnn" if args.dataset == "cifar10" else "mlp"),
+        "partitioner": "iid",
+        "min-partition-size": 1,
+        "strategy": args.strategy,
+        "num-rounds": args.rounds,
+        "fraction-train": fraction,
+        "min-nodes": 2,
+        "local-epochs": 1,
+        "batch-size": 32,
+        "output-dir": str(out / "run"),
+    }
+    if args.client_eval_size is not None:
+        config["client-eval-size"] = args.client_eval_size
+
+    monitor = PeakPss()
+    monitor.sample()
+    baseline = monitor.peak
+    monitor.start()
+    from fedalign.simulation import simulate  # noqa: E402 - after the baseline sample
+
+    t0 = time.perf_counter()
+    record = simulate(config, args.clients, client_cpus=cpus / args.actors)
+    wall = time.perf_counter() - t0
+    monitor.stop.set()
+    monitor.join()
+    rounds = [float(r["seconds"]) for r in record["rounds"] if int(r["round"]) > 0]
+    row = {
+        "dataset": args.dataset,
+        "clients": args.clients,
+        "actors": args.actors,
+        "per_round": max(2, int(fraction * args.clients + 1e-9)),
+        "rounds": args.rounds,
+        "peak_pss_gib": monitor.peak / 2**20,
+        "peak_processes": monitor.peak_procs,
+        "baseline_pss_gib": baseline / 2**20,
+        "round_seconds": rounds,
+        "median_round_seconds": statistics.median(rounds),
+        "wall_seconds": wall,
+        "final_accuracy": record["final_accuracy"],
+    }
+    header = "| dataset | clients | actors | clients/round | rounds | peak PSS (GiB) | processes | median round (s) | rounds (s) | wall (s) |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    print(
+        f"| {row['dataset']} | {row['clients']} | {row['actors']} | {row['per_round']} | {row['rounds']} | "
+        f"{row['peak_pss_gib']:.2f} | {row['peak_processes']} | {row['median_round_seconds']:.2f} | "
+        f"{', '.join(f'{s:.1f}' for s in rounds)} | {wall:.0f} |"
+    )
+    if args.json:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
