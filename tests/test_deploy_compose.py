@@ -234,7 +234,7 @@ def test_compose_files_have_no_top_level_name():
 
 REPO = DOCKER.parent
 BUILD_SCRIPT = DOCKER / "build-local-images.sh"
-STACK_TIMEOUT = 420.0  # seconds for one run; generous, CI machines are shared
+STACK_TIMEOUT = 900.0  # seconds for one run; generous, CI machines are shared
 TIMINGS: dict[str, float] = {}
 
 
@@ -355,10 +355,11 @@ class ComposeStack:
         return sh(str(BIN / "flwr"), *args, timeout=timeout, env=self.env)
 
     def online_nodes(self) -> list[int]:
-        out = self.flwr("supernode", "ls", self.connection, "--format", "json")
-        return [n["node-id"] for n in _json_payload(out).get("nodes", []) if n.get("status") == "online"]
+        payload = _json_payload(self.flwr("supernode", "ls", self.connection, "--format", "json"))
+        assert payload.get("success"), payload  # e.g. the SuperLink is not listening yet
+        return [n["node-id"] for n in payload.get("nodes", []) if n.get("status") == "online"]
 
-    def wait_for_nodes(self, count: int, timeout: float = 180) -> None:
+    def wait_for_nodes(self, count: int, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
