@@ -397,8 +397,15 @@ class ComposeStack:
                                      + self.compose("logs", "--tail", "40", check=False))
             time.sleep(4)
 
-    def run_log(self, run_id: int) -> str:
-        return self.flwr("log", str(run_id), self.connection, "--show")
+    def run_log(self, run_id: int, until: str, timeout: float = 120) -> str:
+        """`flwr log --show`, asked again until it contains `until`: the ServerApp's last
+        lines can reach the SuperLink after the run is already `finished` (seen under load)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.flwr("log", str(run_id), self.connection, "--show")
+            if until in log or time.monotonic() > deadline:
+                return log
+            time.sleep(5)
 
     def wait_for_log(self, service: str, pattern: str, count: int = 1, timeout: float = STACK_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -490,7 +497,7 @@ def test_compose_tls_and_supernode_auth(images, tmp_path):
         timed("3 registered SuperNodes online", stack.wait_for_nodes, 3)
         run_id = stack.submit(run_config("tls-auth", rounds=2, min_nodes=3))
         status = timed("FedPFN 2 rounds, TLS + auth", stack.wait, run_id)
-        log = stack.run_log(run_id)
+        log = stack.run_log(run_id, until="Strategy execution finished")
         assert status == "finished:completed", stack.run_details(run_id)
         for server_round in (1, 2):
             assert "Received 3 results and 0 failures" in round_lines(log, server_round, 2)
@@ -520,7 +527,7 @@ def test_compose_fedpfn_three_supernodes_three_rounds(insecure_stack, tmp_path):
     stack = insecure_stack
     run_id = stack.submit(run_config("run1", rounds=3, min_nodes=3))
     status = timed("FedPFN 3 rounds x 3 SuperNodes", stack.wait, run_id)
-    log = stack.run_log(run_id)
+    log = stack.run_log(run_id, until="Strategy execution finished")
     assert status == "finished:completed", stack.run_details(run_id)
     for server_round in (1, 2, 3):
         assert "Received 3 results and 0 failures" in round_lines(log, server_round, 3)
@@ -546,7 +553,7 @@ def test_compose_run_goes_on_when_a_supernode_is_killed_and_enough_remain(insecu
     stack.wait_for_log("supernode-3", r"Receiving: train message", count=before + 1)
     sh("docker", "kill", stack.container("supernode-3"))
     status = timed("kill, min-nodes 2 of 3: run to the end", stack.wait, run_id)
-    log = stack.run_log(run_id)
+    log = stack.run_log(run_id, until="Strategy execution finished")
     assert status == "finished:completed", stack.run_details(run_id)
     assert "Received 2 results and 1 failures" in round_lines(log, 1, 2)
     assert re.search(r"Sampled 2 nodes \(out of 2\)[\s\S]*Received 2 results and 0 failures",
@@ -569,7 +576,7 @@ def test_compose_run_fails_clearly_when_a_supernode_is_killed_and_too_few_remain
     details = stack.run_details(run_id).get("status-details", "")
     assert status == "finished:failed"
     assert "only 2 of the 3 nodes this strategy needs connected within 10 s" in details
-    assert "NotEnoughNodesError: only 2 of the 3 nodes" in stack.run_log(run_id)
+    assert "NotEnoughNodesError: only 2 of the 3 nodes" in stack.run_log(run_id, until="NotEnoughNodesError")
     files = sh("docker", "exec", stack.container("superexec-serverapp"), "ls", "/app/outputs/kill-too-few",
                check=False)
     assert "final_model.pt" not in files
