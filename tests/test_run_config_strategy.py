@@ -11,6 +11,7 @@ import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedalign.placement import PLACEMENT_RECORD
 from fedalign.cli import main as cli_main
 from fedalign.clients.client_app import train_handler
 from fedalign.config import resolve
@@ -149,7 +150,12 @@ def _client_result(msg: Message, config) -> bytes:
         return f"raised {type(err).__name__}".encode()
     if reply.has_error():
         return f"error {reply.error.reason}".encode()
-    return b"".join(v.numpy().tobytes() for v in reply.content["arrays"].values())
+    # What the client does: the arrays it replies, what it reports, and what it keeps.
+    arrays = b"".join(v.numpy().tobytes() for v in reply.content["arrays"].values())
+    reported = repr(sorted((k, sorted(dict(r).items())) for k, r in reply.content.config_records.items()
+                           if k != PLACEMENT_RECORD)).encode()
+    kept = repr(sorted(context.state.keys())).encode()
+    return arrays + reported + kept
 
 
 @pytest.mark.parametrize("strategy", ["fedpfn", "fedpnu", "fedpfn+fedprox", "fedavg", "fedprox"])

@@ -226,6 +226,7 @@ def test_fedpfn_over_scaffold_keeps_fixed_entries_and_control_variates_zero_in_p
 def test_subspace_wrapper_rejects_a_control_delta_on_fixed_entries():
     model = Scalar2()
     strategy = FedPFN(Scaffold(min_available_nodes=1, min_train_nodes=1), model, rho=0.5, seed=1)
+    strategy.max_failed_rounds = 10  # replies are rejected on purpose, round after round
     mask = strategy.mask
     fixed = ~mask.tensors["w"].numpy()
     assert fixed.any() and (~fixed).any()

@@ -37,7 +37,7 @@ def test_fedpfn_ten_nodes_half_participation(tmp_path, flwr_env):
     sends = record["mask"]["sends_per_node"]
     assert set(sends) == set(nodes)  # every node that was sampled got the mask ...
     assert set(sends.values()) == {1}  # ... exactly once
-    assert record["mask"]["bytes_sent"] == len(sends) * mask.packed_nbytes
+    assert record["mask"]["bytes_sent"] == len(sends) * mask.wire_nbytes  # whole blob, header included
     late = [n for n, info in nodes.items() if info["first_round"] > 1]
     assert late, "with 5 of 10 nodes per round some node joins after round 1"
     for info in nodes.values():  # each reply's digest and fixed entries were checked

@@ -8,7 +8,7 @@ VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 class VGG11(nn.Module):
-    def __init__(self, input_shape, num_classes: int, width: float = 1, norm: str = "batch") -> None:
+    def __init__(self, input_shape, num_classes: int, width: float = 1.0, norm: str = "batch") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = input_shape[0], input_shape[-1]
