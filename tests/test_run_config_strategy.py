@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedalign.placement import PLACEMENT_RECORD
 from fedalign.cli import main as cli_main
@@ -23,18 +22,7 @@ from fedalign.server_app import train_config_record
 from fedalign.strategies import build_strategy
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class StubGrid:
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return self.node_ids
+from stub_grid import StubGrid, task_identity  # noqa: E402,F401
 
 
 SMALL = {"dataset": "digits", "model": "mlp", "model-args": "width=16,depth=1", "train-size": 240,

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedalign.clients import scaffold as client_scaffold
@@ -23,18 +22,7 @@ from fedalign.strategies.scaffold import CONTROL_KEY, DELTA_KEY, Scaffold
 from fedalign.training import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class StubGrid:
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return self.node_ids
+from stub_grid import StubGrid, task_identity  # noqa: E402,F401
 
 
 # ------------------------------------------------- two-client quadratic by hand

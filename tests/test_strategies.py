@@ -11,7 +11,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedalign.masks import fixed_entries_equal
 from fedalign.models import build_model
@@ -26,20 +25,7 @@ from fedalign.protocol import (
 from fedalign.strategies import FedPFN, FedPNU, GuardedStrategy, NotEnoughNodesError
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class StubGrid:
-    """Only what strategies call on a Grid while sampling."""
-
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return self.node_ids
+from stub_grid import StubGrid, task_identity  # noqa: E402,F401
 
 
 def model_and_arrays(seed=0):

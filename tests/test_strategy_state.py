@@ -10,7 +10,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
-from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fedalign.masks import fixed_entries_equal
@@ -28,20 +27,7 @@ BASES = {
 WRAPPERS = {"fedpfn": FedPFN, "fedpnu": FedPNU}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class StubGrid:
-    """Only what strategies call on a Grid at full participation."""
-
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return self.node_ids
+from stub_grid import StubGrid, task_identity  # noqa: E402,F401
 
 
 def numpy_of(arrays) -> dict:
