@@ -9,7 +9,6 @@ w * decay into the state by design, so these optimizers run without it.)
 
 import pytest
 import torch
-from torch import nn
 
 from fedalign.masked_optim import mask_optimizer, remove_mask
 from fedalign.masks import SubspaceMask, fixed_entries_equal
@@ -23,14 +22,7 @@ OPTIMIZERS = {
 STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
 
 
-def _train(model, optimizer, steps):
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x = torch.randn(16, 1, 8, 8, generator=gen)
-        y = torch.randint(0, 10, (16,), generator=gen)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+from test_masked_optim import _train  # noqa: E402  (the same seeded loop)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -38,12 +38,7 @@ def task_identity():  # module scope: set before the module-scoped runs below
     yield
 
 
-class StubGrid:
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return self.node_ids
+from stub_grid import StubGrid  # noqa: E402
 
 
 def fresh_context(node, num_nodes):
