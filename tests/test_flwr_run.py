@@ -4,42 +4,19 @@ Both runs go through a real local SuperLink in simulation mode (Ray backend),
 started by `flwr run` itself on free ports; the fixture stops it by PID.
 """
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedalign.deploy.localhost import free_port
 from fedalign.masks import SubspaceMask, fixed_entries_equal
-from fedalign.tools.local_superlink import listener_pid, stop
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = Path(__file__).resolve().parent / "quickstart_app"
-
-
-@pytest.fixture(scope="module")
-def local_superlink(tmp_path_factory):
-    """Env for `flwr run` with its own FLWR_HOME and ports; stops the SuperLink after."""
-    home = tmp_path_factory.mktemp("flwr_home")
-    port = free_port()
-    env = dict(
-        os.environ,
-        # `flwr` and the `flower-superlink` it starts come from this interpreter's venv
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        FLWR_HOME=str(home),
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port),
-        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-    )
-    yield env
-    pid = stop(port)
-    assert listener_pid(port) is None, f"SuperLink {pid} still listening"
 
 
 def flwr_run(app: Path, env: dict, run_config: str, nodes: int) -> str:

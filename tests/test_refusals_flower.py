@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from fedalign.deploy.localhost import free_port
-from fedalign.tools.local_superlink import listener_pid, stop
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dirsnap import snapshot  # noqa: E402
@@ -65,23 +63,6 @@ def test_run_in_which_no_client_succeeds_ends_in_bounded_time(tmp_path):
     print(f"ended after {seconds:.0f} s with {len(rows) - 1} evaluated rounds")
 
 
-@pytest.fixture(scope="module")
-def superlink_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("flwr_home")
-    port = free_port()
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        FLWR_HOME=str(home),
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port),
-        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-    )
-    yield env
-    stop(port)
-    assert listener_pid(port) is None
-
-
 def flwr_run(env: dict, run_config: str) -> str:
     proc = subprocess.run(
         ["flwr", "run", str(REPO), "--stream", "--run-config", run_config,
@@ -95,17 +76,17 @@ def flwr_run(env: dict, run_config: str) -> str:
     ("rho=1.5 num-rounds=50", "fedalign: error: rho=1.5"),
     ("num-rounds=2 output-dir='{file}'", "is a file, not a directory"),
 ])  # fmt: skip
-def test_flwr_run_refuses_bad_config_in_one_line(superlink_env, tmp_path, run_config, needle):
+def test_flwr_run_refuses_bad_config_in_one_line(local_superlink, tmp_path, run_config, needle):
     target = tmp_path / "a_file"
     target.write_text("keep me")
     before = snapshot(tmp_path)
-    output = flwr_run(superlink_env, run_config.format(file=target))
+    output = flwr_run(local_superlink, run_config.format(file=target))
     assert needle in output, output[-3000:]
     assert sum(needle in line for line in output.splitlines()) == 1
     assert "Traceback" not in output, output[-3000:]
     assert "Starting FedPFN strategy" not in output and "[ROUND 1/" not in output, "a round started"
     assert snapshot(tmp_path) == before
-    listing = subprocess.run(["flwr", "ls", "--format", "json"], env=superlink_env, cwd=REPO,
+    listing = subprocess.run(["flwr", "ls", "--format", "json"], env=local_superlink, cwd=REPO,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     runs = json.loads(listing.stdout).get("runs", [])
     assert runs and "failed" in json.dumps(runs[-1]).lower() or "failed" in listing.stdout.lower(), listing.stdout
