@@ -126,14 +126,7 @@ def plot_curves(rows: Sequence[Mapping], title: str = "") -> bytes:
         ax.set_xlabel("alpha (0 = model A, 1 = model B)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish_png(fig, axes, title)
 
 
 RHO_PANELS = (  # (metric, y label, WM rows too)
@@ -193,14 +186,7 @@ def plot_vs_rho(rows: Sequence[Mapping], title: str = "") -> bytes:
                         capsize=3, label=label)  # fmt: skip
             ax.set(xlabel="rho (fraction of entries fixed; 0 = vanilla)", ylabel=ylabel)
             ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish_png(fig, axes, title)
 
 
 def write_outputs(
@@ -226,3 +212,17 @@ def write_outputs(
     }
     atomic_write_json(paths["results.json"], record)
     return paths
+
+
+def _finish_png(fig, axes, title: str | None) -> bytes:
+    """Legend, title and layout, then the figure as PNG bytes (and closed)."""
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
