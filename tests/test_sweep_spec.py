@@ -143,6 +143,8 @@ def test_missing_required_keys():
         ({"participation": 0}, r"participation=0.0 must be in \(0, 1\]"),
         ({"target-accuracy": 80}, "target-accuracy=80.0 must be in"),
         ({"client-test-eval": "yes"}, "must be true or false"),
+        ({"client-eval-size": -1}, "'client-eval-size' must be >= 0"),
+        ({"client-eval-size": 2.5}, "'client-eval-size' must be an integer"),
         ({"model": "transformer"}, "unknown model 'transformer'; valid models"),
     ],
 )
@@ -163,6 +165,13 @@ def test_unknown_strategy_lists_the_valid_ones():
     refused("sets 'server-lr'", strategies=[{"strategy": "fedpfn", "server-lr": 0.1}])
     refused("fedpfn repeat", strategies=["fedpfn", {"name": "fedpfn", "strategy": "fedpnu"}])
     refused(r"rho=1.0 is outside \[0, 1\)", strategies=[{"strategy": "fedpfn", "rho": 1.0}])
+
+
+def test_client_eval_size_is_a_spec_key_every_cell_gets():
+    # the grid's clients score on a fixed 500-image subset; it must reach every cell's run config
+    assert cells_of(spec())[0].run_config["client-eval-size"] == 0
+    assert {c.run_config["client-eval-size"] for c in cells_of(spec(**{"client-eval-size": 500}))} == {500}
+    assert spec(client_eval_size=500)["client-eval-size"] == 500
 
 
 def test_run_config_passthrough_is_checked():

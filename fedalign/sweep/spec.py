@@ -32,7 +32,7 @@ PASSTHROUGH = (
     "dataset", "data-dir", "train-size", "test-size", "model", "partitioner",
     "min-partition-size", "classes-per-partition", "partition-seed", "local-epochs",
     "batch-size", "lr", "lr-decay", "momentum", "weight-decay", "optimizer", "rho",
-    "client-test-eval",
+    "client-test-eval", "client-eval-size",
 )  # fmt: skip
 
 # Spec-only keys (the sweep axes and how the sweep runs).
@@ -267,7 +267,7 @@ def resolve_spec(raw, where: str = "spec", base_dir: Path | None = None) -> dict
     for key in ("name", "dataset", "data-dir", "model", "partitioner", "optimizer"):
         out[key] = ck.str(key, s[key])
     for key, low in (("train-size", 0), ("test-size", 0), ("min-partition-size", 0),
-                     ("classes-per-partition", 1), ("partition-seed", 0), ("local-epochs", 1),
+                     ("classes-per-partition", 1), ("partition-seed", 0), ("local-epochs", 1), ("client-eval-size", 0),
                      ("batch-size", 1), ("rounds", 1), ("clients", 2), ("last-rounds", 1)):  # fmt: skip
         out[key] = ck.int(key, s[key], low)
     for key in ("lr", "lr-decay", "momentum", "weight-decay", "rho", "participation", "client-cpus", "client-gpus"):
