@@ -132,8 +132,9 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modul
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for x in batches:
-        model(x)
+        model(x.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)

@@ -123,7 +123,10 @@ def check_lmc(c: Mapping[str, object], out: str | os.PathLike) -> None:
     from fedalign.lmc_study.config import variants
     from fedalign.partitioning import partition
 
+    from fedalign.device import resolve_device
+
     check_output_dir(out)
+    resolve_device(str(c["device"]))  # device=cuda without a visible GPU: refused here, not in cell 1
     shape, classes, labels = data_shape(str(c["dataset"]), str(c["data-dir"]), bool(c["download"]))
     check_model(str(c["model"]), shape, classes, variants(c))
     for key, size in (("train-size", c["train-size"]),):

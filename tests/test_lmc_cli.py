@@ -126,3 +126,43 @@ def test_dirichlet_split_with_three_models(tmp_path, capsys):
     cell = json.loads((out / "cells" / "base__vanilla__seed0.json").read_text())
     assert len(cell["train"]["train_sizes"]) == 3 and sum(cell["train"]["train_sizes"]) <= 1437
     assert cell["plain"]["metrics"]["num_models"] == 3 and len(cell["plain"]["model_accs"]) == 3
+
+
+# ----------------------------------------------------------------- device
+def test_device_cpu_matches_auto_and_is_recorded(tmp_path, capsys):
+    # auto on a machine without a GPU is the CPU: the same numbers, bit for bit, and the record says where
+    runs = {}
+    for device in ("auto", "cpu"):
+        out = tmp_path / device
+        code, _, err = _run(capsys, *TINY, "--seeds", "0", "--device", device, "--out", out)
+        assert code == 0, err
+        runs[device] = json.loads((out / "cells" / "base__vanilla__seed0.json").read_text())
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert runs["auto"]["train"]["device"].startswith(expected)
+    assert runs["cpu"]["train"]["device"] == "cpu" and runs["cpu"]["settings"]["device"] == "cpu"
+    if expected == "cpu":
+        assert runs["auto"]["plain"]["curve"] == runs["cpu"]["plain"]["curve"]
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("gpu", "device='gpu' is not valid; use auto, cpu, cuda or cuda:N"),
+     pytest.param("cuda", "no CUDA GPU is visible", marks=pytest.mark.skipif(
+         torch.cuda.is_available(), reason="this machine has a GPU"))],
+)  # fmt: skip
+def test_bad_device_is_one_line_before_any_file(tmp_path, capsys, device, needle):
+    out = tmp_path / "study"
+    code, _, err = _run(capsys, *TINY, "--device", device, "--out", out)
+    assert code == 2 and needle in _error_line(err) and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_reestimate_bn_follows_the_models_device():
+    # batches are materialised on the CPU; a model elsewhere must get them on its own device
+    from fedalign.lmc import reestimate_bn
+
+    seen = []
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].device))
+    reestimate_bn(model, [torch.randn(4, 3)])
+    assert seen == [torch.device("cpu")] and model[0].num_batches_tracked.item() == 1

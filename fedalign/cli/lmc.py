@@ -20,7 +20,7 @@ _FLAGS = {
     "alpha": "alpha", "methods": "methods", "rho": "rho", "prune_rho": "prune-rho",
     "granularity": "granularity", "match": "match", "epochs": "epochs", "lr": "lr",
     "batch_size": "batch-size", "points": "points", "bn_reestimate": "bn-reestimate",
-    "bn_batches": "bn-batches", "threads": "threads",
+    "bn_batches": "bn-batches", "threads": "threads", "device": "device",
 }  # fmt: skip
 
 
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--bn-reestimate", choices=("auto", "on", "off"))
     p.add_argument("--bn-batches", type=int)
     p.add_argument("--threads", type=int, help="torch threads (0 = default)")
+    p.add_argument("--device", help="auto (GPU if visible, else CPU), cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 

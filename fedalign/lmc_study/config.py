@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedalign.config import RANGES as RUN_RANGES
 from fedalign.config import range_problem
+from fedalign.device import check_device_name
 from fedalign.errors import UsageError, check
 from fedalign.masks import GRANULARITIES, check_rho
 from fedalign.models import MODEL_NAMES
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, object] = {
     "bn-batches": 20,
     "eval-batch-size": 100,  # small batches evaluate fastest on CPU
     "threads": 0,  # torch.set_num_threads; 0 = leave torch's default
+    "device": "auto",  # auto | cpu | cuda | cuda:N (fedalign.device); a GPU's numbers differ from a CPU's
 }
 
 # Keys that do not change any number a cell computes.
@@ -149,7 +151,7 @@ def resolve(overrides: Mapping[str, object] | None = None, where: str = "spec") 
     cfg = dict(DEFAULTS)
     cfg.update(normalize_keys(overrides or {}, where))
     c: dict[str, object] = {}
-    for key in ("name", "dataset", "data-dir", "model", "split", "granularity", "optimizer"):
+    for key in ("name", "dataset", "data-dir", "model", "split", "granularity", "optimizer", "device"):
         c[key] = _str(key, cfg[key])
     for key in ("download", "match"):
         c[key] = _bool(key, cfg[key])
@@ -193,6 +195,7 @@ def resolve(overrides: Mapping[str, object] | None = None, where: str = "spec") 
 
 
 def _validate(c: Mapping[str, object]) -> None:
+    check_device_name(c["device"])
     check(c["model"] in MODEL_NAMES, f"unknown model {c['model']!r}; valid models: {', '.join(MODEL_NAMES)}")
     check(c["split"] in SPLITS, f"unknown split {c['split']!r}; choose one of {', '.join(SPLITS)}")
     check(

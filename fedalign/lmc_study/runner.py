@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from fedalign import lmc
+from fedalign.device import resolve_device
 from fedalign.errors import UsageError
 from fedalign.lmc_study.config import CELL_KEYS, DEFAULTS, method_label, method_list, variant_label, variants
 from fedalign.masked_optim import prune_at_init
@@ -146,9 +147,10 @@ def train_cell_models(
     c: Mapping[str, object], data: StudyData, cell: Cell, on_epoch: Callable | None = None
 ) -> tuple[list[nn.Module], dict]:
     """The K trained models of a cell and what to record about their training."""
+    device = resolve_device(str(c["device"]))
     init = build_model(c["model"], data.input_shape, data.num_classes, seed=cell.seed, **cell.variant)
     mask = None
-    info: dict = {}
+    info: dict = {"device": str(device)}
     if cell.method != "vanilla":
         mask = SubspaceMask.sample(
             init, cell.rho, seed=cell.seed, granularity=c["granularity"],
@@ -161,7 +163,7 @@ def train_cell_models(
     models, losses, sizes = [], [], []
     start = time.perf_counter()
     for k, dataset in enumerate(_datasets_for(c, data, cell.seed)):
-        model = copy.deepcopy(init)
+        model = copy.deepcopy(init).to(device)  # masks and anchors follow the model (masked_optim)
         loader = seeded_loader(dataset, c["batch-size"], seed=order_seed(cell.seed, k))
         callback = (lambda e, loss, k=k: on_epoch(k, e, loss)) if on_epoch else None
         losses.append(train(model, loader, cfg, mask=mask, on_epoch=callback) if c["epochs"] else float("nan"))
