@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from fedalign.errors import UsageError, check
 from fedalign.models import has_batchnorm
-from fedalign.training import evaluate
+from fedalign.training import _device_of, evaluate
 
 DEFAULT_POINTS = 11
 DEFAULT_BN_BATCHES = 20
@@ -132,7 +132,7 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modul
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = _device_of(model)
     for x in batches:
         model(x.to(device))
     for m, momentum in zip(norms, momenta):

@@ -121,9 +121,8 @@ def check_lmc(c: Mapping[str, object], out: str | os.PathLike) -> None:
     """An LMC study: output directory, data, every model variant, the Dirichlet split."""
     from fedalign.datasets import stratified_subset
     from fedalign.lmc_study.config import variants
-    from fedalign.partitioning import partition
-
     from fedalign.device import resolve_device
+    from fedalign.partitioning import partition
 
     check_output_dir(out)
     resolve_device(str(c["device"]))  # device=cuda without a visible GPU: refused here, not in cell 1
