@@ -96,6 +96,30 @@ def test_two_client_quadratic_matches_the_hand_computation():
         assert float(strategy.control["w"][0]) == pytest.approx(c, abs=1e-6)
 
 
+@pytest.mark.parametrize("momentum, steps", [(0.0, 3), (0.9, 1), (0.9, 7), (0.9, 40), (0.5, 12)])
+def test_option2_recovers_a_constant_gradient_under_momentum(momentum, steps):
+    """f(w) = g . w has gradient g everywhere, so option II's c_i must be g exactly.
+
+    With momentum 0.9 and 40 steps, dividing by K * lr (SPEC §8 read for plain
+    SGD) would give ~8x g; that overstatement made SCAFFOLD diverge on CIFAR-10.
+    """
+    g = torch.tensor([0.5, -2.0, 3.0])
+    model = Scalar(0.0)
+    model.w = torch.nn.Parameter(torch.zeros(3))
+    model.forward = lambda x: model.w
+    loader = DataLoader(TensorDataset(torch.zeros(steps)), batch_size=1)
+    cfg = TrainConfig(lr=0.05, momentum=momentum, weight_decay=0.0, epochs=1)
+    state = RecordDict()
+    criterion = lambda out, _target: (g * out).sum()  # noqa: E731
+    batches = [(x, x) for (x,) in loader]  # train() wants (inputs, targets)
+    _, delta = client_scaffold.train_scaffold(model, batches, cfg, {}, state, criterion=criterion)
+    c_i = state[client_scaffold.STATE_KEY]["w"].numpy()
+    np.testing.assert_allclose(c_i, g.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(delta["w"].numpy(), c_i)  # c_i was 0: dc = c_i+
+    distance = -model.w.detach() / g  # how far a unit gradient moved w in the K steps
+    np.testing.assert_allclose(distance.numpy(), client_scaffold.option2_scale(steps, cfg), rtol=1e-5)
+
+
 def test_server_control_scales_by_sampled_over_federation_size():
     """c <- c + (|S|/N) mean(dc): 2 of 4 nodes reply, so c = (dc_1 + dc_2) / 4."""
     strategy = Scaffold(fraction_train=0.5, min_available_nodes=2, min_train_nodes=2, parameter_names=["w"])
@@ -272,7 +296,7 @@ def test_fedpfn_over_scaffold_in_the_simulation_runtime(tmp_path, flwr_env):
 
 
 def test_client_update_uses_the_rounds_decayed_lr_and_the_steps_taken():
-    """c_i+ = c_i - c + (x - y) / (K lr_r): round 3 with lr-decay 0.5 has lr_r = lr / 4."""
+    """c_i+ = c_i - c + (x - y) / S(K, lr_r): round 3 with lr-decay 0.5 has lr_r = lr / 4."""
     config = resolve({**BASE, "strategy": "scaffold", "lr-decay": 0.5, "local-epochs": 2, "min-nodes": 1})
     model = model_for(config)
     strategy = build_strategy(config, model)
@@ -286,9 +310,11 @@ def test_client_update_uses_the_rounds_decayed_lr_and_the_steps_taken():
     c_i = context.state[client_scaffold.STATE_KEY].to_torch_state_dict()
     steps = 2 * -(-300 // 32)  # epochs x ceil(300 / batch 32)
     lr_round = 0.1 * 0.5**2
+    beta = 0.9  # BASE's momentum: step k moves lr (1 - beta^k) / (1 - beta) per unit gradient
+    divisor = sum(lr_round * (1 - beta**k) / (1 - beta) for k in range(1, steps + 1))
     sent = x.to_torch_state_dict()
     for name, _ in model.named_parameters():
-        expected = (sent[name] - y[name]) / (steps * lr_round)  # c = c_i = 0 before the round
+        expected = (sent[name] - y[name]) / divisor  # c = c_i = 0 before the round
         torch.testing.assert_close(c_i[name], expected, rtol=1e-5, atol=1e-6)
         dc = reply.content[DELTA_KEY][name].numpy()
         np.testing.assert_array_equal(dc, c_i[name].numpy())
