@@ -2,7 +2,8 @@
 
 The ServerApp, the ClientApp and the sweep runner all build through here, so a
 client and the server always agree on the data set, the split and the model.
-Results are cached per process: a Ray actor serves many rounds and clients.
+Results are cached per process (a Ray actor serves many rounds and clients),
+and partitions also on disk (`fedalign.datasets.cache.cached_partitions`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from fedalign.config import parse_model_args
 from fedalign.datasets import DatasetSplits, load_dataset
+from fedalign.datasets.cache import cached_partitions
 from fedalign.models import build_model
 from fedalign.partitioning import partition
 
@@ -43,18 +45,16 @@ def splits_for(config: Mapping[str, object]) -> DatasetSplits:
 @lru_cache(maxsize=4)
 def _partitions(key: tuple, num_partitions: int) -> tuple[np.ndarray, ...]:
     config = dict(key)
-    labels = splits_for(config).train_labels
-    return tuple(
-        partition(
-            labels,
-            num_partitions,
-            scheme=str(config["partitioner"]),
-            alpha=float(config["alpha"]),
-            min_partition_size=int(config["min-partition-size"]),
-            seed=int(config["partition-seed"]),
-            classes_per_partition=int(config["classes-per-partition"]),
-        )
-    )
+    labels = np.asarray(splits_for(config).train_labels)
+    settings = {
+        "scheme": str(config["partitioner"]),
+        "alpha": float(config["alpha"]),
+        "min_partition_size": int(config["min-partition-size"]),
+        "seed": int(config["partition-seed"]),
+        "classes_per_partition": int(config["classes-per-partition"]),
+    }
+    return tuple(cached_partitions(labels, num_partitions, settings,
+                                   lambda: partition(labels, num_partitions, **settings)))  # fmt: skip
 
 
 _PARTITION_KEYS = (

@@ -36,6 +36,7 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from fedalign.clients.client_app import build_client_app
+    from fedalign.run_setup import partitions_for
     from fedalign.server_app import build_server_app
 
     config = resolve(run_config)
@@ -46,6 +47,9 @@ def simulate(
     init_args = {} if os.environ.get("RAY_ADDRESS") else {
         "num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
     }
+    # Partitions computed here land in the disk cache, so the actors read them
+    # instead of each importing flwr-datasets (~120 MB per actor; fedalign.datasets.cache).
+    partitions_for(config, int(num_supernodes))
     with quick_polling():
         run_simulation(
             server_app=build_server_app(config, on_round=on_round),

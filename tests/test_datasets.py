@@ -5,8 +5,12 @@ with their big-endian headers, CIFAR pickle batches, PNG class folders. The
 loaded tensors are checked pixel for pixel against what was written.
 """
 
+import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -290,3 +294,45 @@ def test_per_batch_normalization_is_bit_identical_to_whole_array(tmp_path):
     assert torch.equal(torch.cat(xs), whole[picked])
     assert torch.equal(torch.cat(ys), torch.from_numpy(s.train_labels[picked]))
     assert torch.equal(s.train[4][0], whole[4])
+
+
+def test_a_new_empty_class_folder_changes_the_imagefolder_fingerprint(tmp_path):
+    """ImageFolder counts an empty class folder as a class, so the cache key must see it."""
+    root = tmp_path / "tree"
+    _write_imagefolder(root, np.random.default_rng(7))
+    before = fd.imagefolder.fingerprint(root)
+    assert fd.imagefolder.fingerprint(root) == before
+    (root / "train" / "fox").mkdir()
+    assert fd.imagefolder.fingerprint(root) != before
+
+
+def test_cached_pixels_and_partitions_load_without_torchvision_or_flwr_datasets(tmp_path):
+    """A Ray actor that finds both caches warm never imports torchvision or flwr-datasets.
+
+    Those imports cost each actor ~90 MB and ~120 MB of private memory
+    (docs/sweep.md, memory); the first process fills the caches, a second,
+    fresh one must get identical pixels and partitions from the files alone.
+    """
+    root = tmp_path / "tree"
+    _write_imagefolder(root, np.random.default_rng(8))
+    script = (
+        "import sys, json, numpy as np\n"
+        "from fedalign.config import resolve\n"
+        "from fedalign.run_setup import splits_for, partitions_for\n"
+        f"cfg = resolve({{'dataset': 'imagefolder', 'data-dir': {str(root)!r}, 'partitioner': 'dirichlet',"
+        " 'alpha': 0.5, 'min-partition-size': 1})\n"
+        "parts = partitions_for(cfg, 3)\n"
+        "pixels = splits_for(cfg).train.pixels\n"
+        "print(json.dumps({'parts': [p.tolist() for p in parts], 'sum': int(np.asarray(pixels).sum()),"
+        " 'torchvision': 'torchvision' in sys.modules, 'flwr_datasets': 'flwr_datasets' in sys.modules}))\n"
+    )
+    env = {**os.environ, "FEDALIGN_CACHE": str(tmp_path / "cache")}
+    first, second = (
+        json.loads(subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
+                                  text=True).stdout.strip().splitlines()[-1])  # fmt: skip
+        for _ in range(2)
+    )
+    assert first["torchvision"] and first["flwr_datasets"]  # the first process decoded and partitioned
+    assert not second["torchvision"] and not second["flwr_datasets"]
+    assert second["parts"] == first["parts"] and second["sum"] == first["sum"]
+    assert sorted(i for p in second["parts"] for i in p) == list(range(18))  # every sample, once

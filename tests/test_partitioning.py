@@ -155,3 +155,30 @@ def test_report_table_and_csv(labels):
     table = markdown_table(hist, [str(c) for c in range(10)])
     assert table.splitlines()[-1].startswith("|  total | 1437 |")
     assert csv_text(hist, [str(c) for c in range(10)]).splitlines()[1].startswith("0,479,")
+
+
+def test_partitions_disk_cache_keys_on_labels_and_settings_and_survives_a_bad_file(tmp_path, monkeypatch):
+    from fedalign.datasets import cache
+
+    monkeypatch.setenv("FEDALIGN_CACHE", str(tmp_path))
+    labels = np.repeat(np.arange(4), 25)
+    calls = []
+
+    def compute(seed):
+        def run():
+            calls.append(seed)
+            return partition(labels, 5, scheme="dirichlet", alpha=0.5, min_partition_size=1, seed=seed)
+        return run
+
+    first = cache.cached_partitions(labels, 5, {"seed": 0}, compute(0))
+    again = cache.cached_partitions(labels, 5, {"seed": 0}, compute(0))
+    assert calls == [0]  # the second call read the file
+    assert [p.tolist() for p in again] == [p.tolist() for p in first]
+    other = cache.cached_partitions(labels, 5, {"seed": 1}, compute(1))
+    assert calls == [0, 1] and [p.tolist() for p in other] != [p.tolist() for p in first]
+    cache.cached_partitions(labels[::-1].copy(), 5, {"seed": 0}, compute(0))
+    assert calls == [0, 1, 0]  # other labels, other entry
+    for f in tmp_path.glob("partitions-*.npz"):
+        f.write_bytes(b"not an npz")
+    assert [p.tolist() for p in cache.cached_partitions(labels, 5, {"seed": 0}, compute(0))] == [p.tolist() for p in first]
+    assert calls == [0, 1, 0, 0]  # unreadable entry: recomputed, not trusted

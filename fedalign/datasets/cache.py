@@ -1,10 +1,16 @@
-"""On-disk cache of decoded pixels: decoded once per machine, memory-mapped by every process.
+"""On-disk cache of decoded pixels (and client partitions): made once per machine, read by every process.
 
 Entries live under `$FEDALIGN_CACHE` (default ~/.cache/fedalign), one folder
 per source holding plain .npy files (uint8 NCHW pixels, int64 labels) and a
 meta.json. Readers open the pixel files with `mmap_mode="r"`, so the server
 and every Ray actor of a simulation share one copy in the page cache instead
 of each holding its own decoded array (see `fedalign.datasets.base.PixelDataset`).
+
+Client partitions (`cached_partitions`) live beside them, one .npz per
+(labels, partitioner settings, number of partitions): computing them needs
+flwr-datasets, whose import (datasets, pyarrow, pandas) costs a process
+~120 MB of private memory, so the process that starts a simulation computes
+them once and the Ray actors only read the file.
 
 The key is the absolute path plus a fingerprint of every file (count, total
 size, newest mtime), so adding, removing or editing an image invalidates the
@@ -104,3 +110,43 @@ def cached(kind: str, root: str | os.PathLike, print_: str, read: Callable[[], R
         with contextlib.suppress(Exception):
             return load_cached(path) or raw
     return raw
+
+
+def _partitions_path(labels: np.ndarray, num_partitions: int, settings: dict) -> Path:
+    labels = np.ascontiguousarray(labels)
+    key = json.dumps([CACHE_VERSION, int(num_partitions), settings, str(labels.dtype), labels.shape[0]],
+                     sort_keys=True)  # fmt: skip
+    digest = hashlib.sha256(key.encode() + labels.tobytes()).hexdigest()[:20]
+    return cache_dir() / f"partitions-{digest}.npz"
+
+
+def cached_partitions(
+    labels: np.ndarray, num_partitions: int, settings: dict, compute: Callable[[], list[np.ndarray]]
+) -> list[np.ndarray]:
+    """Index arrays of `num_partitions` clients from the cache, computing (`compute()`) and storing them on a miss.
+
+    Stored as one flat index array plus offsets; the key covers the labels'
+    bytes and every partitioner setting, so a different split or seed never
+    reads another's entry. An unwritable cache only means recomputing.
+    """
+    path = _partitions_path(labels, num_partitions, settings)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        with np.load(path, allow_pickle=False) as stored:
+            flat, offsets = stored["indices"], stored["offsets"]
+        if len(offsets) == num_partitions + 1:
+            return [flat[offsets[i]:offsets[i + 1]] for i in range(num_partitions)]
+    parts = compute()
+    offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, indices=flat, offsets=offsets)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return parts

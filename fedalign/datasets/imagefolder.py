@@ -76,10 +76,28 @@ def _decode(samples: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray, boo
     return np.stack(images), labels, gray
 
 
+def _tree_entries(root: Path) -> list[str]:
+    """Every class folder under train/ and test/ and every file below them, sorted."""
+    entries = []
+    for split in ("train", "test"):
+        for top in sorted(e.path for e in os.scandir(root / split) if e.is_dir()):
+            for folder, _, files in os.walk(top, followlinks=True):
+                entries.append(folder)
+                entries.extend(os.path.join(folder, f) for f in files)
+    return sorted(entries)
+
+
 def fingerprint(root: Path) -> str:
-    """Cheap identity of the tree's current contents (listing + one stat per file)."""
-    _, train, test = list_samples(root)
-    return cache.fingerprint(p for p, _ in train + test)
+    """Cheap identity of the tree's current contents (one stat per class folder and file).
+
+    Covers a superset of what ImageFolder reads (folders, and files of any
+    extension), so any change to what `list_samples` would return changes it,
+    without importing torchvision (~90 MB per process) in every Ray actor that
+    only maps the cached pixels.
+    """
+    if not is_imagefolder(root):
+        raise UsageError(f"data directory {root} is not an image folder tree; expected {layout_hint(root)}")
+    return cache.fingerprint(_tree_entries(root))
 
 
 def decode_imagefolder(root: Path) -> RawSplits:
