@@ -46,7 +46,20 @@ def test_summary_is_mean_and_std_over_seeds_of_the_last_five_rounds(report):
     assert float(rows["fedpfn"]["final_acc_std"]) == pytest.approx(0.02)
     assert rows["fedpnu"]["n_seeds"] == "2"
     summary = (out / "summary.md").read_text()
-    assert "| 0.1 | 0.350 ± 0.010 | 0.420 ± 0.020 | 0.360 ± 0.014 |" in summary
+    # fedpnu ran 2 of the 3 seeds: the table says so rather than pass it off as the full mean
+    assert "| 0.1 | 0.350 ± 0.010 | 0.420 ± 0.020 | 0.360 ± 0.014 (2/3 seeds) |" in summary
+
+
+def test_one_seed_shows_its_value_without_a_spread(tmp_path):
+    write_records(tmp_path)
+    import shutil
+
+    for cell in (tmp_path / "cells").iterdir():
+        if not cell.name.endswith("-s0"):
+            shutil.rmtree(cell)
+    write_report(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| 0.1 | 0.340 | 0.400 | 0.350 |" in summary  # seed 0 of each; no "± 0.000"
 
 
 def test_paired_differences_are_per_seed(report):

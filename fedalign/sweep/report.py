@@ -196,6 +196,13 @@ def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False) -> str:
     return f"{mean:+.{digits}f} ± {std:.{digits}f}" if signed else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _final_cell(row: Mapping, planned: int) -> str:
+    """Mean ± std over seeds; one seed has no spread to show, and a short cell says how many it has."""
+    n = len(row["seeds"])
+    text = _fmt(row["final"]) if n > 1 else f"{row['final'][0]:.3f}"
+    return text if n >= planned else f"{text} ({n}/{planned} seeds)"
+
+
 def _target_cell(row: Mapping, target: float | None) -> str:
     if target is None:
         return "—"
@@ -227,13 +234,15 @@ def markdown(
         ]
     lines += [
         f"Final test accuracy of the global model: mean of the last {last} rounds, "
-        "mean ± std over seeds (sample std; 0 with one seed).",
+        "mean ± std over seeds (sample std); a cell with one seed shows its value, "
+        "and a cell with fewer seeds than planned says how many it has.",
         "",
         "| alpha | " + " | ".join(strategies) + " |",
         "|---|" + "---|" * len(strategies),
     ]
+    planned = len(spec.get("seeds") or ()) or max((len(r["seeds"]) for r in rows), default=0)
     for a in alphas:
-        cells = [_fmt(by[(a, s)]["final"]) if (a, s) in by else "—" for s in strategies]
+        cells = [_final_cell(by[(a, s)], planned) if (a, s) in by else "—" for s in strategies]
         lines.append(f"| {a:g} | " + " | ".join(cells) + " |")
     lines += paired_markdown(paired, last)
     target_title = f"rounds to {target:g}" if target is not None else "rounds to target"
