@@ -37,12 +37,15 @@ class QueryGrid:
         self.listed = [int(ids[i]) for i in order]
         self.silent = {int(ids[i]) for i in silent}
         self.queries = 0
+        self.batches = []  # size of each send_and_receive call
 
     def get_node_ids(self):
         return list(self.listed)
 
     def send_and_receive(self, messages, timeout=None):
         replies = []
+        messages = list(messages)
+        self.batches.append(len(messages))
         for msg in messages:
             assert msg.metadata.message_type == PARTITION_QUERY
             self.queries += 1
@@ -95,6 +98,18 @@ def test_nodes_without_a_partition_id_are_still_sampled_and_asked_once():
     chosen, grid, _ = sampled_partitions(seeded_guarded(0), run=1, silent=range(0, 40, 2))
     assert all(len(r) == 10 for r in chosen)
     assert grid.queries == 40
+
+
+def test_many_nodes_are_asked_in_bounded_batches_and_all_learned():
+    """600 nodes: queries go out QUERY_BATCH at a time, every node asked once, every id learned."""
+    from fedalign.strategies.sampling import QUERY_BATCH
+
+    chosen, grid, strategy = sampled_partitions(seeded_guarded(0), run=1, rounds=2, num_nodes=600, fraction=0.02)
+    assert grid.batches == [QUERY_BATCH, QUERY_BATCH, 600 - 2 * QUERY_BATCH]
+    assert grid.queries == 600
+    assert sorted(strategy.sampler.partitions.values()) == list(range(600))
+    again, _, _ = sampled_partitions(seeded_guarded(0), run=2, rounds=2, num_nodes=600, fraction=0.02)
+    assert chosen == again and all(len(r) == 12 for r in chosen)
 
 
 def test_full_participation_sends_no_query():

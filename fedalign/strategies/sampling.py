@@ -25,6 +25,7 @@ from flwr.supercore import log
 from fedalign.partition_query import partition_of_reply, partition_query
 
 STREAMS = {"train": 0, "evaluate": 1}
+QUERY_BATCH = 256  # partition queries in flight at once (see `learn_partitions`)
 
 
 class SeededSampler:
@@ -37,14 +38,21 @@ class SeededSampler:
         self.sampled: dict[str, dict[int, list]] = {"train": {}, "evaluate": {}}  # round -> partition ids
 
     def learn_partitions(self, grid: Grid, node_ids: list[int]) -> None:
-        """Ask nodes not seen before for their partition id (once per node)."""
+        """Ask nodes not seen before for their partition id (once per node), QUERY_BATCH at a time.
+
+        Batches, because Flower's grid re-checks every pending message id on
+        each poll, under the lock its engine needs to store replies: 10,000
+        queries in one send_and_receive did not finish in 10 minutes, and
+        `query_timeout` then applies to a batch, not to all of them.
+        """
         unknown = [n for n in node_ids if n not in self.partitions]
         if not unknown:
             return
         started = time.monotonic()
-        replies = grid.send_and_receive([partition_query(n) for n in unknown], timeout=self.query_timeout)
-        for msg in replies:
-            self.partitions[int(msg.metadata.src_node_id)] = partition_of_reply(msg)
+        for first in range(0, len(unknown), QUERY_BATCH):
+            batch = [partition_query(n) for n in unknown[first:first + QUERY_BATCH]]
+            for msg in grid.send_and_receive(batch, timeout=self.query_timeout):
+                self.partitions[int(msg.metadata.src_node_id)] = partition_of_reply(msg)
         silent = [n for n in unknown if self.partitions.get(n) is None]
         for n in silent:
             self.partitions[n] = None
