@@ -178,7 +178,9 @@ def test_partitions_disk_cache_keys_on_labels_and_settings_and_survives_a_bad_fi
     assert calls == [0, 1] and [p.tolist() for p in other] != [p.tolist() for p in first]
     cache.cached_partitions(labels[::-1].copy(), 5, {"seed": 0}, compute(0))
     assert calls == [0, 1, 0]  # other labels, other entry
-    for f in tmp_path.glob("partitions-*.npz"):
-        f.write_bytes(b"not an npz")
-    assert [p.tolist() for p in cache.cached_partitions(labels, 5, {"seed": 0}, compute(0))] == [p.tolist() for p in first]
-    assert calls == [0, 1, 0, 0]  # unreadable entry: recomputed, not trusted
+    for damage, expected_calls in ((b"not an npz", 4), (b"PK\x03\x04truncated zip", 5)):
+        for f in tmp_path.glob("partitions-*.npz"):
+            f.write_bytes(damage)
+        again = cache.cached_partitions(labels, 5, {"seed": 0}, compute(0))
+        assert [p.tolist() for p in again] == [p.tolist() for p in first]
+        assert len(calls) == expected_calls  # unreadable entry: recomputed, not trusted

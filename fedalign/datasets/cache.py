@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def cached_partitions(
     reads another's entry. An unwritable cache only means recomputing.
     """
     path = _partitions_path(labels, num_partitions, settings)
-    with contextlib.suppress(OSError, ValueError, KeyError):
+    with contextlib.suppress(OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         with np.load(path, allow_pickle=False) as stored:
             flat, offsets = stored["indices"], stored["offsets"]
         if len(offsets) == num_partitions + 1:
