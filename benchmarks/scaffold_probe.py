@@ -53,7 +53,8 @@ def main() -> int:
         "min-nodes": 10, "strategy": args.strategy, "seed": 0,
     })  # fmt: skip  (experiments/cifar10_dirichlet.yaml's setting)
     sizes = [len(p) for p in partitions_for(config, 10)]
-    steps = sorted(2 * -(-n // 64) for n in sizes)
+    epochs, batch = int(config["local-epochs"]), int(config["batch-size"])
+    steps = sorted(epochs * -(-n // batch) for n in sizes)
     print(f"{args.strategy}, alpha {args.alpha}, lr {args.lr}, momentum {args.momentum}: "
           f"local steps K_i per client {steps}")  # fmt: skip
     model = model_for(config)

@@ -1,6 +1,7 @@
 """The sweep report on synthetic cell records: last-5-round means and paired per-seed differences."""
 
 import csv
+import shutil
 import io
 import json
 
@@ -52,8 +53,6 @@ def test_summary_is_mean_and_std_over_seeds_of_the_last_five_rounds(report):
 
 def test_one_seed_shows_its_value_without_a_spread(tmp_path):
     write_records(tmp_path)
-    import shutil
-
     for cell in (tmp_path / "cells").iterdir():
         if not cell.name.endswith("-s0"):
             shutil.rmtree(cell)

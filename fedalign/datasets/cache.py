@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fedalign.datasets.base import RawSplits
+from fedalign.provenance import atomic_write_bytes
 
 CACHE_VERSION = 2
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
@@ -139,15 +141,8 @@ def cached_partitions(
     parts = compute()
     offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, indices=flat, offsets=offsets)
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, indices=flat, offsets=offsets)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        atomic_write_bytes(path, buffer.getvalue())
     return parts

@@ -30,12 +30,16 @@ def layout_hint(root: str | os.PathLike) -> str:
     return f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (ImageFolder)"
 
 
+def _require_tree(root: Path) -> None:
+    if not is_imagefolder(root):
+        raise UsageError(f"data directory {root} is not an image folder tree; expected {layout_hint(root)}")
+
+
 def list_samples(root: Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
     """Class names (from train/) and (path, label) lists for train/ and test/."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    if not is_imagefolder(root):
-        raise UsageError(f"data directory {root} is not an image folder tree; expected {layout_hint(root)}")
+    _require_tree(root)
     try:
         classes, class_to_idx = find_classes(root / "train")
         train = make_dataset(root / "train", class_to_idx, extensions=IMG_EXTENSIONS)
@@ -95,8 +99,7 @@ def fingerprint(root: Path) -> str:
     without importing torchvision (~90 MB per process) in every Ray actor that
     only maps the cached pixels.
     """
-    if not is_imagefolder(root):
-        raise UsageError(f"data directory {root} is not an image folder tree; expected {layout_hint(root)}")
+    _require_tree(root)
     return cache.fingerprint(_tree_entries(root))
 
 
