@@ -59,6 +59,8 @@ def test_one_seed_shows_its_value_without_a_spread(tmp_path):
     write_report(tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     assert "| 0.1 | 0.340 | 0.400 | 0.350 |" in summary  # seed 0 of each; no "± 0.000"
+    assert "± 0.000" not in summary  # nor in the paired or the details table
+    assert "| 0.1 | fedpfn − fedavg | +0.060 | 1 | 0: +0.060 |" in summary
 
 
 def test_paired_differences_are_per_seed(report):

@@ -172,7 +172,7 @@ def paired_markdown(rows: Sequence[Mapping], last: int) -> list[str]:
     for r in rows:
         per_seed = ", ".join(f"{k}: {d:+.3f}" for k, d in zip(r["seeds"], r["diffs"]))
         lines.append(
-            f"| {r['alpha']:g} | {r['strategy']} − {baseline} | {_fmt(r['diff'], signed=True)} | "
+            f"| {r['alpha']:g} | {r['strategy']} − {baseline} | {_fmt(r['diff'], signed=True, n=len(r['seeds']))} | "
             f"{len(r['seeds'])} | {per_seed} |"
         )
     return lines
@@ -189,17 +189,19 @@ def paired_csv(rows: Sequence[Mapping]) -> str:
     return buffer.getvalue()
 
 
-def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False) -> str:
+def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False, n: int = 2) -> str:
+    """Mean ± std; over fewer than two seeds there is no spread, so the bare value."""
     mean, std = ms
     if math.isnan(mean):
         return "—"
-    return f"{mean:+.{digits}f} ± {std:.{digits}f}" if signed else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    value = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return value if n < 2 else f"{value} ± {std:.{digits}f}"
 
 
 def _final_cell(row: Mapping, planned: int) -> str:
     """Mean ± std over seeds; one seed has no spread to show, and a short cell says how many it has."""
     n = len(row["seeds"])
-    text = _fmt(row["final"]) if n > 1 else f"{row['final'][0]:.3f}"
+    text = _fmt(row["final"], n=n)
     return text if n >= planned else f"{text} ({n}/{planned} seeds)"
 
 
@@ -258,9 +260,10 @@ def markdown(
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        n = len(r["seeds"])
         lines.append(
-            f"| {r['alpha']:g} | {r['strategy']} | {len(r['seeds'])} | {_fmt(r['final'])} | {_fmt(r['best'])} | "
-            f"{_target_cell(r, target)} | {_fmt(r['gap'], signed=True)} | {_fmt(r['gap_last'], signed=True)} | "
+            f"| {r['alpha']:g} | {r['strategy']} | {n} | {_fmt(r['final'], n=n)} | {_fmt(r['best'], n=n)} | "
+            f"{_target_cell(r, target)} | {_fmt(r['gap'], signed=True, n=n)} | {_fmt(r['gap_last'], signed=True, n=n)} | "
             f"{_mb(r['mb_round'])} | {_mb(r['mb_total'])} | {r['wall']:.0f} |"
         )
     lines += [
