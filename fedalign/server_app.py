@@ -4,11 +4,16 @@
 deployment scripts): build model and strategy, run the rounds with central
 evaluation of the global model after each, and write the run directory:
 
-    metrics.json   config, environment, per-round metrics, mask digest, wire counts and
-                   effective mask schedule, partitions sampled per round
+    metrics.json   config, environment, outcome, per-round metrics, mask digest, wire
+                   counts and effective mask schedule, partitions sampled per round
     metrics.csv    per-round metrics
     initial_model.pt, final_model.pt, mask.bin (the round-1 mask, when there is one),
     scaffold_c.pt (SCAFFOLD's server control variate c at the end)
+
+A run whose training diverges (every reply NaN/Inf for max-failed-rounds
+rounds, `TrainingDivergedError`) is a result, not a crash: the record says
+`outcome: {"status": "diverged", "round": N}`, keeps the rounds before it
+and the last finite global model, and has no final accuracy.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import time
+from logging import WARNING
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 from torch.utils.data import DataLoader
 
 from fedalign.config import resolve
@@ -32,7 +39,7 @@ from fedalign.placement import PlacementLog
 from fedalign.run_guard import log_refusal, quiet_usage_tracebacks, release_simulation_engine, write_or_fallback
 from fedalign.run_setup import device_for, model_for, splits_for
 from fedalign.strategies import SubspaceStrategy, build_strategy
-from fedalign.strategies.guarded import NoClientSucceededError
+from fedalign.strategies.guarded import NoClientSucceededError, TrainingDivergedError
 from fedalign.training import evaluate
 from fedalign.wire import add_wire_columns
 
@@ -79,8 +86,10 @@ def run_server(
     test_loader = DataLoader(splits.test, batch_size=512)
     rounds: list[dict] = []
     clock = {"last": time.perf_counter()}
+    latest = {"arrays": ArrayRecord(initial_state)}  # the last global model evaluated
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        latest["arrays"] = arrays
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)  # copies into the model's device
         loss, accuracy = evaluate(model, test_loader)
@@ -96,40 +105,45 @@ def run_server(
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     started = time.time()
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial_state),
-        num_rounds=int(config["num-rounds"]),
-        timeout=float(config["round-timeout"]),
-        train_config=train_config_record(config),
-        evaluate_fn=central_evaluate,
-    )
+    outcome: dict[str, object] = {"status": "completed"}
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial_state),
+            num_rounds=int(config["num-rounds"]),
+            timeout=float(config["round-timeout"]),
+            train_config=train_config_record(config),
+            evaluate_fn=central_evaluate,
+        )
+    except TrainingDivergedError as err:
+        log(WARNING, "%s", err)
+        result = None
+        outcome = {"status": "diverged", "round": err.first_round, "detail": str(err)}
     for row in rounds:
-        train_metrics = result.train_metrics_clientapp.get(row["round"], {})
+        train_metrics = strategy.client_metrics["train"].get(row["round"], {})
         for key in TRAIN_METRICS:
             if key in train_metrics:
                 row[key] = float(train_metrics[key])
-        evaluate_metrics = result.evaluate_metrics_clientapp.get(row["round"], {})
+        evaluate_metrics = strategy.client_metrics["evaluate"].get(row["round"], {})
         for key in ("eval-accuracy", "eval-loss"):
             if key in evaluate_metrics:
                 row[key] = float(evaluate_metrics[key])
         if "client-test-accuracy" in row:
             row["fusion-gap"] = row["client-test-accuracy"] - row["accuracy"]
-    wire = strategy.wire.to_record() if hasattr(strategy, "wire") else None
-    if wire is not None:
-        add_wire_columns(rounds, wire)
+    wire = strategy.wire.to_record()
+    add_wire_columns(rounds, wire)
 
     record = {
         "config": config,
         "environment": environment(),
         "started": started,
         "wall_seconds": time.time() - started,
+        "outcome": outcome,
         "rounds": rounds,
-        "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+        "final_accuracy": rounds[-1]["accuracy"] if rounds and outcome["status"] == "completed" else None,
     }
     mask_bytes = None
-    if wire is not None:
-        record["wire"] = wire
+    record["wire"] = wire
     if isinstance(strategy, SubspaceStrategy):
         mask = strategy.mask
         record["mask"] = {
@@ -150,7 +164,7 @@ def run_server(
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
     record["placement"] = placements.summary()
-    final_arrays = result.arrays if result.arrays is not None else ArrayRecord(initial_state)
+    final_arrays = result.arrays if result is not None and result.arrays is not None else latest["arrays"]
 
     def write(directory: Path) -> None:
         if mask_bytes is not None:

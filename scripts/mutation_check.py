@@ -155,6 +155,20 @@ MUTANTS = (
         "if False:",
         ("tests/test_run_config_strategy.py::test_fedpfn_refuses_resample_every_in_one_line",),
     ),
+    Mutant(
+        "divergence-not-detected",
+        "fedalign/strategies/guarded.py",
+        "self._nonfinite_in_round += problem.startswith(NONFINITE)",
+        "pass",
+        ("tests/test_bounded_failure.py::test_rounds_of_only_non_finite_replies_end_as_diverged_with_the_first_round",),
+    ),
+    Mutant(
+        "diverged-seed-averaged",
+        "fedalign/sweep/report.py",
+        "    if diverged_round(record) is not None:\n        return math.nan\n",
+        "",
+        ("tests/test_sweep_report.py::test_diverged_seeds_are_counted_not_averaged",),
+    ),
 )  # fmt: skip
 
 

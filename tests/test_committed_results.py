@@ -9,7 +9,9 @@ records (docs/results/<name>/sweep.json + cells/*/record.json, metrics.csv),
   the csv module alone (not the report code), matches summary.csv;
 - paired differences against FedAvg, recomputed the same way, match paired.csv;
 - `fedalign report` rebuilt from the records reproduces summary.csv byte for byte;
-- every record ran the configuration sweep.json lists for its cell (rounds, seed, alpha, strategy).
+- every record ran the configuration sweep.json lists for its cell (rounds, seed, alpha, strategy);
+- a record whose training diverged ran every round up to the one it names and
+  no further, and counts in the tables as diverged, never in a mean.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def _cells(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in (sweep_dir / "cells").glob("*/record.json"))
 
 
+def _diverged(cell: Path) -> bool:
+    return (json.loads((cell / "record.json").read_text()).get("outcome") or {}).get("status") == "diverged"
+
+
 def _last_k_mean(metrics_csv: Path, k: int) -> float:
     accs = [float(r["accuracy"]) for r in _rows(metrics_csv) if int(r["round"]) > 0]
     return statistics.fmean(accs[-k:])
@@ -61,7 +67,14 @@ def test_records_match_their_metrics_and_the_sweep_config(sweep_dir):
             assert record["cell"][key] == want[key], (cell.name, key)
         assert record["config"]["num-rounds"] == sweep["spec"]["rounds"]
         rounds = [r for r in record["rounds"] if int(r["round"]) > 0]
-        assert len(rounds) == sweep["spec"]["rounds"], f"{cell.name}: {len(rounds)} rounds"
+        outcome = record.get("outcome") or {"status": "completed"}
+        if outcome["status"] == "diverged":  # its rounds stop between the first diverged one and max-failed-rounds later
+            first, tolerated = int(outcome["round"]), int(record["config"]["max-failed-rounds"])
+            assert first - 1 <= len(rounds) <= first + tolerated - 2, (cell.name, len(rounds), outcome)
+            assert record["final_accuracy"] is None, cell.name
+        else:
+            assert outcome["status"] == "completed", (cell.name, outcome)
+            assert len(rounds) == sweep["spec"]["rounds"], f"{cell.name}: {len(rounds)} rounds"
         from_csv = [float(r["accuracy"]) for r in _rows(cell / "metrics.csv") if int(r["round"]) > 0]
         assert from_csv == pytest.approx([r["accuracy"] for r in rounds], abs=1e-12), cell.name
         assert not list(cell.glob("*.pt")), f"{cell.name}: model files are not committed"
@@ -72,8 +85,14 @@ def test_summary_and_paired_tables_recompute_from_metrics_csv(sweep_dir):
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     k = int(sweep["spec"]["last-rounds"])
     finals: dict[tuple[str, str], dict[int, float]] = {}
+    diverged: dict[tuple[str, str], int] = {}
     for cell in _cells(sweep_dir):
         c = json.loads((cell / "record.json").read_text())["cell"]
+        key = (f"{float(c['alpha']):g}", c["strategy"])
+        finals.setdefault(key, {})
+        if _diverged(cell):
+            diverged[key] = diverged.get(key, 0) + 1
+            continue
         finals.setdefault((f"{float(c['alpha']):g}", c["strategy"]), {})[int(c["seed"])] = _last_k_mean(
             cell / "metrics.csv", k
         )
@@ -81,7 +100,11 @@ def test_summary_and_paired_tables_recompute_from_metrics_csv(sweep_dir):
     assert set(summary) == set(finals)
     for key, by_seed in finals.items():
         row, values = summary[key], list(by_seed.values())
-        assert int(row["n_seeds"]) == len(values)
+        assert int(row["n_seeds"]) == len(values) + diverged.get(key, 0)
+        assert int(row["seeds_diverged"]) == diverged.get(key, 0), key
+        if not values:
+            assert row["final_acc_mean"] == "nan", key
+            continue
         assert float(row["final_acc_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-9), key
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         assert float(row["final_acc_std"]) == pytest.approx(std, abs=1e-9), key
@@ -90,6 +113,7 @@ def test_summary_and_paired_tables_recompute_from_metrics_csv(sweep_dir):
     for row in _rows(sweep_dir / "paired.csv"):
         base, other = finals[(row["alpha"], "fedavg")], finals[(row["alpha"], row["strategy"])]
         seeds = sorted(set(base) & set(other))
+        assert seeds, row
         diffs = [other[s] - base[s] for s in seeds]
         assert int(row["n_seeds"]) == len(seeds)
         assert float(row["diff_mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-9), row

@@ -80,3 +80,22 @@ def test_too_few_nodes_gives_a_clear_error_in_bounded_time(tmp_path, flwr_env):
         )
     assert time.monotonic() - started < 120
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_diverging_run_is_recorded_as_diverged_with_its_last_finite_model(tmp_path, flwr_env):
+    """lr 1e9 blows every client's weights up to NaN/Inf in round 1: the run ends as a result, not a crash."""
+    out = tmp_path / "run"
+    record = simulate(
+        {"strategy": "fedpfn", "num-rounds": 6, "min-nodes": 2, "lr": 1e9, "max-failed-rounds": 2,
+         "output-dir": str(out)},
+        num_supernodes=2,
+    )
+    assert record["outcome"]["status"] == "diverged" and record["outcome"]["round"] == 1
+    assert "rounds 1-2" in record["outcome"]["detail"]
+    assert record["final_accuracy"] is None
+    assert [r["round"] for r in record["rounds"]] == [0, 1]  # round 2's aggregate ended the run
+    assert record["rejected_replies"] == 4
+    assert record["rounds"][1]["rejected-replies"] == 2  # the client metrics of the rounds before survive
+    initial, final = load(out / "initial_model.pt"), load(out / "final_model.pt")
+    assert all(torch.equal(initial[k], final[k]) for k in initial)  # nothing non-finite was ever averaged
+    assert (out / "metrics.csv").read_text().count("\n") == 3

@@ -88,3 +88,36 @@ def test_no_paired_section_without_the_baseline(tmp_path):
     paths = write_report(tmp_path)
     assert "paired.csv" not in paths
     assert "Paired differences" not in (tmp_path / "summary.md").read_text()
+
+
+def diverge(out, cell_name, at_round):
+    """Turn a synthetic record into one whose training diverged at `at_round` (rounds after it dropped)."""
+    path = out / "cells" / cell_name / "record.json"
+    record = json.loads(path.read_text())
+    record["rounds"] = record["rounds"][:at_round]
+    record["outcome"] = {"status": "diverged", "round": at_round}
+    path.write_text(json.dumps(record))
+
+
+def test_diverged_seeds_are_counted_not_averaged(tmp_path):
+    write_records(tmp_path)
+    diverge(tmp_path, "a0.1-fedpfn-s2", 3)  # fedpfn: seeds 0 and 1 finish (0.40, 0.42)
+    for seed, at_round in ((0, 2), (1, 4)):  # fedpnu: every seed it ran diverged
+        diverge(tmp_path, f"a0.1-fedpnu-s{seed}", at_round)
+    write_report(tmp_path)
+    rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text()))}
+    assert float(rows["fedpfn"]["final_acc_mean"]) == pytest.approx(0.41)
+    assert float(rows["fedpfn"]["final_acc_std"]) == pytest.approx(0.01414, abs=1e-5)
+    assert (rows["fedpfn"]["seeds_diverged"], rows["fedpfn"]["diverged_rounds"]) == ("1", "3")
+    assert rows["fedpnu"]["final_acc_mean"] == "nan"
+    assert (rows["fedpnu"]["seeds_diverged"], rows["fedpnu"]["diverged_rounds"]) == ("2", "2 4")
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        "| 0.1 | 0.350 ± 0.010 | 0.410 ± 0.014; diverged (1/3 seeds, round 3) "
+        "| diverged (2/2 seeds, rounds 2-4) (2/3 seeds) |"
+    ) in summary
+    paired = {r["strategy"]: r for r in csv.DictReader(io.StringIO((tmp_path / "paired.csv").read_text()))}
+    assert paired["fedpfn"]["seeds"] == "0 1"  # the diverged seed has no difference to pair
+    assert float(paired["fedpfn"]["diff_mean"]) == pytest.approx((0.40 - 0.34 + 0.42 - 0.35) / 2)
+    assert "fedpnu" not in paired  # no seed finished: no difference at all, not a NaN row
+    assert "| 0.1 | fedpfn | 3 (1 diverged) | 0.410 ± 0.014 |" in summary

@@ -14,7 +14,10 @@ What every fedalign strategy shares:
   to the model returned (`strategies.base_state`).
 * A run in which no client succeeds stops: after `max_failed_rounds`
   consecutive rounds without one usable reply it ends in a clear error
-  instead of running every remaining round on the unchanged model.
+  instead of running every remaining round on the unchanged model. When every
+  reply of those rounds held NaN/Inf, the error is `TrainingDivergedError`:
+  the training itself blew up, which is a result of the run (the server
+  records it as diverged), not a broken client.
 
 Subclasses override the small hooks `_prepare_train_messages` and
 `_finish_aggregate`; everything else is the base strategy's own behaviour.
@@ -47,6 +50,21 @@ class NotEnoughNodesError(UsageError):
 
 class NoClientSucceededError(UsageError):
     """`max_failed_rounds` rounds in a row brought no usable reply: the run cannot make progress."""
+
+
+class TrainingDivergedError(NoClientSucceededError):
+    """Every reply of `max_failed_rounds` rounds in a row held NaN/Inf: the local training diverged.
+
+    `first_round` is the first of those rounds; the global model is still the
+    one of the round before it (non-finite replies are never averaged).
+    """
+
+    def __init__(self, message: str, first_round: int) -> None:
+        super().__init__(message)
+        self.first_round = int(first_round)
+
+
+NONFINITE = "non-finite values"  # how _reply_problem starts a NaN/Inf rejection
 
 
 def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -85,9 +103,14 @@ class GuardedStrategy(Strategy):
         self.sampler = SeededSampler(sample_seed, query_timeout=query_timeout)
         self.max_failed_rounds = int(max_failed_rounds)
         self.failed_rounds = 0  # consecutive rounds without a usable reply
+        self.diverged_since: int | None = None  # first of the consecutive rounds whose every reply was non-finite
+        self._nonfinite_in_round = 0
         self.rejected_replies = 0
         self._sent: dict[str, np.ndarray] | None = None  # global arrays of this round
         self.wire = WireLog()  # payload bytes per round and node, down and up
+        # Aggregated client metrics per round, kept here (not only in Flower's
+        # Result) so a run that ends early still has them.
+        self.client_metrics: dict[str, dict[int, MetricRecord]] = {"train": {}, "evaluate": {}}
 
     # ------------------------------------------------------------- attributes
     def __getattr__(self, name: str):
@@ -159,18 +182,34 @@ class GuardedStrategy(Strategy):
         metrics["rejected-replies"] = self.rejected_replies
         for key, value in self.wire.round_summary(server_round).items():
             metrics[key] = value
+        self.client_metrics["train"][server_round] = metrics
         return arrays, metrics
 
     def _count_failure(self, server_round: int, replies: list[Message], accepted: list[Message]) -> None:
         """Raise once `max_failed_rounds` rounds in a row had no usable reply."""
         if any(not m.has_error() for m in accepted):
             self.failed_rounds = 0
+            self.diverged_since = None
             return
+        diverged = bool(replies) and self._nonfinite_in_round == len(replies)
+        if not diverged:
+            self.diverged_since = None
+        elif self.diverged_since is None and self.failed_rounds == 0:
+            self.diverged_since = server_round
         self.failed_rounds += 1
         errors = [m.error.reason for m in replies if m.has_error()]
         last = " ".join(str(errors[-1]).split())[:200] if errors else "no replies within round-timeout"
+        if diverged:
+            last = f"all {len(replies)} replies held non-finite values"
         log(WARNING, "round %d: no usable reply (%d of %d in a row); last error: %s",
             server_round, self.failed_rounds, self.max_failed_rounds, last)  # fmt: skip
+        if self.failed_rounds >= self.max_failed_rounds and self.diverged_since is not None:
+            raise TrainingDivergedError(
+                f"training diverged: every client's reply held NaN/Inf in rounds {self.diverged_since}-{server_round}; "
+                f"the global model is the one of round {self.diverged_since - 1} (lower lr, or raise "
+                "max-failed-rounds if single rounds can recover)",
+                first_round=self.diverged_since,
+            )
         if self.failed_rounds >= self.max_failed_rounds:
             raise NoClientSucceededError(
                 f"no client returned a usable reply in {self.failed_rounds} consecutive rounds "
@@ -185,6 +224,7 @@ class GuardedStrategy(Strategy):
         depend on which client finished first, so a seeded run is reproducible.
         """
         accepted = []
+        self._nonfinite_in_round = 0
         for msg in replies:
             if msg.has_error():
                 accepted.append(msg)
@@ -192,6 +232,7 @@ class GuardedStrategy(Strategy):
             problem = self._reply_problem(msg)
             if problem:
                 self.rejected_replies += 1
+                self._nonfinite_in_round += problem.startswith(NONFINITE)
                 log(
                     WARNING,
                     "round %d: rejected reply from node %d (%s)",
@@ -235,14 +276,14 @@ class GuardedStrategy(Strategy):
                 return problem
         for key, value in values.items():
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                return f"non-finite values in {key!r}"
+                return f"{NONFINITE} in {key!r}"
         shapes = {k: v.shape for k, v in (self._sent or values).items()}  # full shapes
         for record_key in deltas:
             for key, value in arrays_to_numpy(records[record_key]).items():
                 if key not in shapes or value.shape != shapes[key]:
                     return f"{record_key!r} entry {key!r} does not match a model parameter"
                 if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                    return f"non-finite values in {record_key!r} entry {key!r}"
+                    return f"{NONFINITE} in {record_key!r} entry {key!r}"
         return None
 
     def _compact_mask(self):
@@ -290,4 +331,7 @@ class GuardedStrategy(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.base.aggregate_evaluate(server_round, replies)
+        metrics = self.base.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.client_metrics["evaluate"][server_round] = metrics
+        return metrics

@@ -84,6 +84,7 @@ def run_cell_dir(cell_dir: Path, events: Events, started: float, engine: dict | 
         "client_gpus": float(job.get("client_gpus", 0.0)),
         "config": result["config"],
         "environment": environment(),
+        "outcome": result.get("outcome", {"status": "completed"}),  # or diverged, at which round
         "rounds": result["rounds"],
         "final_accuracy": result["final_accuracy"],
         "mask": result.get("mask"),

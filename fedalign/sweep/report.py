@@ -17,6 +17,10 @@ The fusion gap of a round is the mean test accuracy of the clients' trained
 models minus the test accuracy of their average (the new global model):
 negative when averaging helps, positive when the averaged model loses
 accuracy the clients had (client drift under heterogeneity).
+
+A cell whose training diverged (record `outcome.status == "diverged"`) has no
+final accuracy: it is left out of the means and the paired differences and
+counted as diverged, with the round, in the tables.
 """
 
 from __future__ import annotations
@@ -51,8 +55,16 @@ def trained_rounds(record: Mapping) -> list[dict]:
     return [r for r in record["rounds"] if int(r["round"]) > 0]
 
 
+def diverged_round(record: Mapping) -> int | None:
+    """The round at which the cell's training diverged, or None for a run that completed."""
+    outcome = record.get("outcome") or {}
+    return int(outcome["round"]) if outcome.get("status") == "diverged" else None
+
+
 def final_accuracy(record: Mapping, last: int = 5) -> float:
-    """Mean accuracy of the last `last` rounds (all rounds if there are fewer)."""
+    """Mean accuracy of the last `last` rounds (all rounds if there are fewer); NaN if it diverged."""
+    if diverged_round(record) is not None:
+        return math.nan
     rounds = trained_rounds(record)
     return float(np.mean([r["accuracy"] for r in rounds[-last:]])) if rounds else math.nan
 
@@ -109,6 +121,7 @@ def summarize(
                 "alpha": a,
                 "strategy": s,
                 "seeds": [int(r["cell"]["seed"]) for r in group],
+                "diverged": [d for r in group if (d := diverged_round(r)) is not None],
                 "rounds": max(len(trained_rounds(r)) for r in group),
                 "final": _mean_std([final_accuracy(r, last) for r in group]),
                 "best": _mean_std([max((x["accuracy"] for x in trained_rounds(r)), default=math.nan) for r in group]),
@@ -131,10 +144,13 @@ def paired_differences(
 
     Seeds share the partition and the initial model, so the per-seed difference
     removes that variance; reported as mean ± sample std of the differences over
-    the n seeds both strategies finished. Empty when the baseline did not run.
+    the n seeds both strategies finished (a diverged seed has no final accuracy
+    and is left out). Empty when the baseline did not run.
     """
     finals: dict[tuple[float, str], dict[int, float]] = {}
     for r in recs:
+        if diverged_round(r) is not None:
+            continue
         key = (float(r["cell"]["alpha"]), str(r["cell"]["strategy"]))
         finals.setdefault(key, {})[int(r["cell"]["seed"])] = final_accuracy(r, last)
     alpha_order = list(dict.fromkeys([float(a) for a in alphas or []] + [a for a, _ in finals]))
@@ -148,6 +164,8 @@ def paired_differences(
             if s == baseline or (a, s) not in finals:
                 continue
             seeds = sorted(set(base) & set(finals[(a, s)]))
+            if not seeds:
+                continue
             diffs = [finals[(a, s)][k] - base[k] for k in seeds]
             rows.append({"alpha": a, "strategy": s, "baseline": baseline, "seeds": seeds,
                          "diffs": diffs, "diff": _mean_std(diffs)})  # fmt: skip
@@ -198,10 +216,26 @@ def _fmt(ms: tuple[float, float], digits: int = 3, signed: bool = False, n: int 
     return value if n < 2 else f"{value} ± {std:.{digits}f}"
 
 
+def _diverged_text(row: Mapping) -> str:
+    """'diverged (2/3 seeds, round 7)': how many seeds diverged, and when."""
+    rounds = sorted(row["diverged"])
+    when = f"round {rounds[0]}" if rounds[0] == rounds[-1] else f"rounds {rounds[0]}-{rounds[-1]}"
+    return f"diverged ({len(rounds)}/{len(row['seeds'])} seeds, {when})"
+
+
 def _final_cell(row: Mapping, planned: int) -> str:
-    """Mean ± std over seeds; one seed has no spread to show, and a short cell says how many it has."""
+    """Mean ± std over seeds; one seed has no spread to show, and a short cell says how many it has.
+
+    Diverged seeds are not in the mean; the cell says how many there were.
+    """
     n = len(row["seeds"])
-    text = _fmt(row["final"], n=n)
+    finished = n - len(row["diverged"])
+    if not finished:
+        text = _diverged_text(row)
+    else:
+        text = _fmt(row["final"], n=finished)
+        if row["diverged"]:
+            text += f"; {_diverged_text(row)}"
     return text if n >= planned else f"{text} ({n}/{planned} seeds)"
 
 
@@ -237,7 +271,8 @@ def markdown(
     lines += [
         f"Final test accuracy of the global model: mean of the last {last} rounds, "
         "mean ± std over seeds (sample std); a cell with one seed shows its value, "
-        "and a cell with fewer seeds than planned says how many it has.",
+        "a cell with fewer seeds than planned says how many it has, and seeds whose "
+        "training diverged (every client's model NaN/Inf) are counted, not averaged.",
         "",
         "| alpha | " + " | ".join(strategies) + " |",
         "|---|" + "---|" * len(strategies),
@@ -261,8 +296,10 @@ def markdown(
     ]
     for r in rows:
         n = len(r["seeds"])
+        seeds = f"{n} ({len(r['diverged'])} diverged)" if r["diverged"] else f"{n}"
         lines.append(
-            f"| {r['alpha']:g} | {r['strategy']} | {n} | {_fmt(r['final'], n=n)} | {_fmt(r['best'], n=n)} | "
+            f"| {r['alpha']:g} | {r['strategy']} | {seeds} | {_fmt(r['final'], n=n - len(r['diverged']))} | "
+            f"{_fmt(r['best'], n=n)} | "
             f"{_target_cell(r, target)} | {_fmt(r['gap'], signed=True, n=n)} | {_fmt(r['gap_last'], signed=True, n=n)} | "
             f"{_mb(r['mb_round'])} | {_mb(r['mb_total'])} | {r['wall']:.0f} |"
         )
@@ -285,6 +322,7 @@ def summary_csv(rows: Sequence[Mapping], target: float | None) -> str:
         "alpha", "strategy", "n_seeds", "seeds", "rounds", "final_acc_mean", "final_acc_std",
         "best_acc_mean", "best_acc_std", "target_accuracy", "rounds_to_target_mean", "seeds_reaching_target",
         "fusion_gap_mean", "fusion_gap_std", "fusion_gap_last_mean", "fusion_gap_last_std", "mb_per_round", "mb_total", "seconds_per_cell",
+        "seeds_diverged", "diverged_rounds",
     ])  # fmt: skip
     for r in rows:
         writer.writerow([
@@ -292,6 +330,7 @@ def summary_csv(rows: Sequence[Mapping], target: float | None) -> str:
             *r["final"], *r["best"], "" if target is None else target,
             "" if math.isnan(r["to_target"]) else r["to_target"], r["reached"] if target is not None else "",
             *r["gap"], *r["gap_last"], r["mb_round"], r["mb_total"], r["wall"],
+            len(r["diverged"]), " ".join(map(str, r["diverged"])),
         ])  # fmt: skip
     return buffer.getvalue()
 

@@ -338,9 +338,12 @@ def run_sweep(
                 wall = time.perf_counter() - t0
                 progress.finish(wall)
                 overheads.append(wall - record["timing"]["process_seconds"] + record["timing"]["overhead_seconds"])
+                outcome = record.get("outcome", {})
+                result = (f"diverged at round {outcome['round']}" if outcome.get("status") == "diverged"
+                          else f"accuracy {record['final_accuracy']:.4f}")  # fmt: skip
                 progress.say(
-                    f"cells {progress.done}/{progress.total} | cell {cell.label} done: accuracy "
-                    f"{record['final_accuracy']:.4f} after {len(record['rounds']) - 1} rounds in "
+                    f"cells {progress.done}/{progress.total} | cell {cell.label} done: "
+                    f"{result} after {len(record['rounds']) - 1} rounds in "
                     f"{format_duration(wall)} (startup/teardown {overheads[-1]:.0f}s) | {progress.eta(running=False)}"
                 )
         finally:
