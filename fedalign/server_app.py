@@ -107,7 +107,7 @@ def run_server(
     started = time.time()
     outcome: dict[str, object] = {"status": "completed"}
     try:
-        result = strategy.start(
+        strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(initial_state),
             num_rounds=int(config["num-rounds"]),
@@ -117,7 +117,6 @@ def run_server(
         )
     except TrainingDivergedError as err:
         log(WARNING, "%s", err)
-        result = None
         outcome = {"status": "diverged", "round": err.first_round, "detail": str(err)}
     for row in rounds:
         train_metrics = strategy.client_metrics["train"].get(row["round"], {})
@@ -164,7 +163,7 @@ def run_server(
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
     record["placement"] = placements.summary()
-    final_arrays = result.arrays if result is not None and result.arrays is not None else latest["arrays"]
+    final_arrays = latest["arrays"]  # Flower's Result.arrays is an empty record when no round aggregated
 
     def write(directory: Path) -> None:
         if mask_bytes is not None:

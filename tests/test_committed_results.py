@@ -93,9 +93,7 @@ def test_summary_and_paired_tables_recompute_from_metrics_csv(sweep_dir):
         if _diverged(cell):
             diverged[key] = diverged.get(key, 0) + 1
             continue
-        finals.setdefault((f"{float(c['alpha']):g}", c["strategy"]), {})[int(c["seed"])] = _last_k_mean(
-            cell / "metrics.csv", k
-        )
+        finals[key][int(c["seed"])] = _last_k_mean(cell / "metrics.csv", k)
     summary = {(r["alpha"], r["strategy"]): r for r in _rows(sweep_dir / "summary.csv")}
     assert set(summary) == set(finals)
     for key, by_seed in finals.items():
