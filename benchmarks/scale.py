@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -53,6 +55,19 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
+def process_name(pid: int) -> str:
+    """A short label: Ray names its workers in the title (ray::ClientAppActor), else the command."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    return Path(first).name + (" " + Path(argv[1].decode(errors="replace")).name if len(argv) > 1 and argv[1] else "")
+
+
 def pss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -70,18 +85,34 @@ class PeakPss(threading.Thread):
     def __init__(self, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.interval, self.peak, self.peak_procs = interval, 0, 0
+        self.peak_by_process: list[tuple[str, int]] = []  # (name, PSS KiB) at the peak
         self.stop = threading.Event()
 
     def sample(self) -> None:
         pids = process_tree(os.getpid())
-        total = sum(pss_kib(p) for p in pids)
+        each = [(pid, pss_kib(pid)) for pid in pids]
+        total = sum(kib for _, kib in each)
         if total > self.peak:
             self.peak, self.peak_procs = total, len(pids)
+            self.peak_by_process = sorted(((process_name(pid), kib) for pid, kib in each if kib),
+                                          key=lambda item: -item[1])
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.sample()
             self.stop.wait(self.interval)
+
+
+def warm_caches(config: dict, clients: int) -> None:
+    """Decode the data and compute the partitions in a throwaway process, as an earlier run would have.
+
+    A first run also imports flwr-datasets in the measuring process to
+    partition (~120 MB more at the peak); that is a one-off per setting, not
+    the footprint of a simulation, so by default every row is measured warm.
+    """
+    code = ("import json, sys; from fedalign.config import resolve; from fedalign.run_setup import partitions_for, splits_for;"
+            "c = resolve(json.loads(sys.argv[1])); splits_for(c); partitions_for(c, int(sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, json.dumps(config), str(clients)], check=True)
 
 
 def main() -> int:
@@ -95,6 +126,8 @@ def main() -> int:
     p.add_argument("--model", default=None, help="default: cnn for cifar10, mlp for digits")
     p.add_argument("--strategy", default="fedpfn")
     p.add_argument("--client-eval-size", type=int, default=None, help="run config client-eval-size, if supported")
+    p.add_argument("--cold", action="store_true",
+                   help="measure with whatever the caches hold (default: fill the data and partition caches first)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -120,6 +153,9 @@ def main() -> int:
     }
     if args.client_eval_size is not None:
         config["client-eval-size"] = args.client_eval_size
+
+    if not args.cold:
+        warm_caches(config, args.clients)
 
     monitor = PeakPss()
     monitor.sample()
@@ -155,8 +191,10 @@ def main() -> int:
         f"{row['peak_pss_gib']:.2f} | {row['peak_processes']} | {row['median_round_seconds']:.2f} | "
         f"{', '.join(f'{s:.1f}' for s in rounds)} | {wall:.0f} |"
     )
+    print("\nat the peak, PSS per process (MiB): " + ", ".join(
+        f"{name} {kib / 1024:.0f}" for name, kib in monitor.peak_by_process))
     if args.json:
-        print(json.dumps(row))
+        print(json.dumps({**row, "peak_by_process_mib": [(n, k / 1024) for n, k in monitor.peak_by_process]}))
     return 0
 
 

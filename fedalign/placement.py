@@ -1,4 +1,4 @@
-"""Where each client ran: host, process and Ray node, sent with every training reply.
+"""Where each client ran: host, process, Ray node and torch threads, sent with every training reply.
 
 A ClientApp adds `placement_record(partition_id)` to its reply; the ServerApp
 wraps its Grid in `PlacementLog`, which reads those records off the replies
@@ -30,8 +30,15 @@ def ray_node_id() -> str:
         return ""
 
 
+def torch_threads() -> int:
+    """Intra-op threads of this process's torch (Ray sets OMP_NUM_THREADS from client-cpus); 0 without torch."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
+
+
 def placement_record(partition_id: int | None = None) -> ConfigRecord:
-    record = ConfigRecord({"host": socket.gethostname(), "pid": os.getpid(), "ray-node": ray_node_id()})
+    record = ConfigRecord({"host": socket.gethostname(), "pid": os.getpid(), "ray-node": ray_node_id(),
+                           "torch-threads": torch_threads()})  # fmt: skip
     if partition_id is not None:
         record["partition-id"] = int(partition_id)
     return record
@@ -56,6 +63,7 @@ class PlacementLog:
             entry = self.entries.setdefault(
                 key, {"ray_node": key[0], "host": key[1], "pid": key[2], "replies": 0, "partitions": set()}
             )
+            entry["torch_threads"] = int(rec.get("torch-threads", 0))
             entry["replies"] += 1
             if "partition-id" in rec:
                 entry["partitions"].add(int(rec["partition-id"]))

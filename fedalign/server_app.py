@@ -162,6 +162,7 @@ def run_server(
     sampler = getattr(strategy, "sampler", None)
     if sampler is not None:  # partition ids that took part, per round (empty: every node)
         record["sampled_partitions"] = {s: {str(r): p for r, p in d.items()} for s, d in sampler.sampled.items()}
+        record["partition_ids_learned"] = dict(sampler.learned)  # from the engine / by query / not told
     record["placement"] = placements.summary()
     final_arrays = latest["arrays"]  # Flower's Result.arrays is an empty record when no round aggregated
 

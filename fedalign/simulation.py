@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedalign import warm_ray
+from fedalign import simulated_nodes, warm_ray
 from fedalign.config import resolve
 from fedalign.quick_poll import quick_polling
 from fedalign.server_app import RoundCallback
@@ -50,7 +50,7 @@ def simulate(
     # Partitions computed here land in the disk cache, so the actors read them
     # instead of each importing flwr-datasets (~120 MB per actor; fedalign.datasets.cache).
     partitions_for(config, int(num_supernodes))
-    with quick_polling():
+    with quick_polling(), simulated_nodes.recorded_partitions():
         run_simulation(
             server_app=build_server_app(config, on_round=on_round),
             client_app=build_client_app(config),

@@ -156,6 +156,13 @@ MUTANTS = (
         ("tests/test_run_config_strategy.py::test_fedpfn_refuses_resample_every_in_one_line",),
     ),
     Mutant(
+        "engine-partition-map-off-by-one",
+        "fedalign/simulated_nodes.py",
+        "{int(node): int(partition) for node, partition in mapping.items()}",
+        "{int(node): int(partition) + 1 for node, partition in mapping.items()}",
+        ("tests/test_sampling.py::test_ray_one_seed_bit_identical_another_seed_differs",),
+    ),
+    Mutant(
         "divergence-not-detected",
         "fedalign/strategies/guarded.py",
         "self._nonfinite_in_round += problem.startswith(NONFINITE)",

@@ -132,7 +132,15 @@ SIM_CONFIG = {"strategy": "fedpfn", "num-rounds": 3, "fraction-train": 0.1, "min
 
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory):
-    """100 clients at fraction 0.1: seed 0 twice, seed 1 once."""
+    """100 clients at fraction 0.1: seed 0 twice, seed 1 once.
+
+    Run "b" learns the partition ids by querying every node (as deployed
+    SuperNodes are asked), "a" and "c" from the engine's own node map.
+    """
+    import contextlib
+    from unittest import mock
+
+    from fedalign import simulated_nodes
     from fedalign.deploy.localhost import free_port
     from fedalign.simulation import simulate
 
@@ -147,7 +155,10 @@ def three_runs(tmp_path_factory):
             os.environ["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
             os.environ["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
             out = root / name
-            record = simulate({**SIM_CONFIG, "seed": seed, "output-dir": str(out)}, num_supernodes=100)
+            engine_map = mock.patch.object(simulated_nodes, "recorded_partitions", contextlib.nullcontext) \
+                if name == "b" else contextlib.nullcontext()
+            with engine_map:
+                record = simulate({**SIM_CONFIG, "seed": seed, "output-dir": str(out)}, num_supernodes=100)
             runs[name] = (record, torch.load(out / "final_model.pt", weights_only=True))
     finally:
         for k, v in saved.items():
@@ -164,6 +175,9 @@ def test_ray_one_seed_bit_identical_another_seed_differs(three_runs):
     sampled_a = rec_a["sampled_partitions"]["train"]
     assert sorted(sampled_a) == ["1", "2", "3"] and all(len(p) == 10 for p in sampled_a.values())
     assert all(isinstance(p, int) for ps in sampled_a.values() for p in ps)  # every node told its partition
+    # The engine's node map and the nodes' own answers are the same partition ids.
+    assert rec_a["partition_ids_learned"] == {"from-engine": 100, "queried": 0, "silent": 0}
+    assert rec_b["partition_ids_learned"] == {"from-engine": 0, "queried": 100, "silent": 0}
     assert sampled_a == rec_b["sampled_partitions"]["train"]
     assert sampled_a != rec_c["sampled_partitions"]["train"]
     for k in final_a:

@@ -1,5 +1,6 @@
 """FedPFN / FedPNU in Flower's real Simulation Runtime (Ray backend)."""
 
+import os
 import time
 
 import numpy as np
@@ -47,15 +48,20 @@ def test_fedpfn_ten_nodes_half_participation(tmp_path, flwr_env):
     assert record["rejected_replies"] == 0
     accuracies = [r["accuracy"] for r in record["rounds"]]
     assert accuracies[-1] > accuracies[0] + 0.3  # it learns (digits, MLP)
+    # client-cpus 1 (the default): every actor trains with one torch thread
+    threads = [p["torch_threads"] for p in record["placement"]["processes"]]
+    assert threads and set(threads) == {1}
 
 
 def test_fedpnu_alternates_and_updates_every_entry(tmp_path, flwr_env):
     out = tmp_path / "run"
+    cpus = min(2, os.cpu_count() or 1)  # one actor that owns every core
     record = simulate(
         {"strategy": "fedpnu", "num-rounds": 5, "min-nodes": 4, "save-round-models": True,
          "fraction-evaluate": 1.0, "output-dir": str(out)},
-        num_supernodes=4,
+        num_supernodes=4, client_cpus=float(cpus),
     )
+    assert [p["torch_threads"] for p in record["placement"]["processes"]] == [cpus]
     mask = SubspaceMask.from_bytes((out / "mask.bin").read_bytes())
     states = [load(out / "initial_model.pt")] + [load(out / f"round_{r}.pt") for r in range(1, 6)]
     changed = {n: torch.zeros_like(m) for n, m in mask.tensors.items()}

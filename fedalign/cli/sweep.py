@@ -5,8 +5,10 @@
     fedalign sweep experiments/cifar10_dirichlet.yaml --only alpha=0.1 --only seed=0
     fedalign sweep experiments/cifar10_dirichlet.yaml --set rounds=10 --out outputs/cifar10_r10
 
-Each cell is one Flower simulation (Ray backend) in its own process. Re-running
-the same command resumes: finished cells are kept, only missing ones run.
+Each cell is one Flower simulation (Ray backend); the cells run one after
+another in a warm worker process that keeps Ray and the client actors up, and
+a failing cell ends only its worker. Re-running the same command resumes:
+finished cells are kept, only missing ones run.
 """
 
 from __future__ import annotations

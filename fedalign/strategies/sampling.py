@@ -22,6 +22,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from fedalign import simulated_nodes
 from fedalign.partition_query import partition_of_reply, partition_query
 
 STREAMS = {"train": 0, "evaluate": 1}
@@ -36,9 +37,14 @@ class SeededSampler:
         self.query_timeout = float(query_timeout)
         self.partitions: dict[int, int | None] = {}  # node id -> partition id (None: did not say)
         self.sampled: dict[str, dict[int, list]] = {"train": {}, "evaluate": {}}  # round -> partition ids
+        self.learned = {"from-engine": 0, "queried": 0, "silent": 0}  # how the partition ids became known
 
     def learn_partitions(self, grid: Grid, node_ids: list[int]) -> None:
-        """Ask nodes not seen before for their partition id (once per node), QUERY_BATCH at a time.
+        """Learn the partition id of nodes not seen before: from the engine, else by asking (once per node).
+
+        In an in-process simulation (`fedalign.simulated_nodes`) the engine's
+        own node -> partition map answers without a message. Other nodes are
+        asked, QUERY_BATCH at a time.
 
         Batches, because Flower's grid re-checks every pending message id on
         each poll, under the lock its engine needs to store replies: 10,000
@@ -46,8 +52,15 @@ class SeededSampler:
         `query_timeout` then applies to a batch, not to all of them.
         """
         unknown = [n for n in node_ids if n not in self.partitions]
+        engine = simulated_nodes.partitions()
+        for n in unknown:
+            if n in engine:
+                self.partitions[n] = engine[n]
+                self.learned["from-engine"] += 1
+        unknown = [n for n in unknown if n not in self.partitions]
         if not unknown:
             return
+        self.learned["queried"] += len(unknown)
         started = time.monotonic()
         for first in range(0, len(unknown), QUERY_BATCH):
             batch = [partition_query(n) for n in unknown[first:first + QUERY_BATCH]]
@@ -56,6 +69,7 @@ class SeededSampler:
         silent = [n for n in unknown if self.partitions.get(n) is None]
         for n in silent:
             self.partitions[n] = None
+        self.learned["silent"] += len(silent)
         log(INFO, "learned the partition ids of %d nodes in %.1f s", len(unknown) - len(silent), time.monotonic() - started)
         if silent:
             log(WARNING, "%d nodes did not report a partition id; they are sampled by node id", len(silent))

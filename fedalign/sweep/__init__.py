@@ -5,7 +5,7 @@
     write_report(Path("outputs/demo"))       # tables and plots from the records
 
 `spec` checks the spec and lists the cells (alpha x strategy x seed),
-`runner` runs each missing cell in its own process, `records` owns the output
+`runner` runs the missing cells in a warm worker process (`worker`), `records` owns the output
 directory and what counts as done, `report` turns records into tables and plots.
 """
 
