@@ -17,7 +17,7 @@
 # `docker compose ... up --build` pulls (2) and builds (3).
 #
 # Caches, kept between runs (CI clones afresh each time):
-#   FEDALIGN_CACHE (default /var/cache/fedalign)
+#   FEDALIGN_IMAGE_CACHE (default /var/cache/fedalign; not FEDALIGN_CACHE, the data cache)
 #     base-<suite>.tar  the debootstrapped root (debootstrap only runs once)
 #     wheels/           a wheelhouse of flwr, torch and the other dependencies,
 #                       filled by the host's pip (`pip download`), served to the
@@ -38,7 +38,7 @@ repo="$(dirname "$here")"
 FLWR_VERSION="${FLWR_VERSION:-1.42.0}"
 SUITE="${SUITE:-bookworm}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-CACHE="${FEDALIGN_CACHE:-/var/cache/fedalign}"
+CACHE="${FEDALIGN_IMAGE_CACHE:-/var/cache/fedalign}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://pypi.org/simple}"
 WHEELHOUSE_PORT="${WHEELHOUSE_PORT:-8765}"
