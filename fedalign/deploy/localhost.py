@@ -172,35 +172,38 @@ class LocalDeployment:
             self._spawn(f"superexec-clientapp-{i}", ["flower-superexec", *self._superexec_args(port)])
         self.wait_for_nodes(self.num_supernodes, timeout=self.start_timeout)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every started process group, SIGKILL what is left after `grace` s."""
+    def stop(self, grace: float = 10.0, kill_wait: float = 15.0) -> None:
+        """SIGTERM every started process group, SIGKILL what is left after `grace` s.
+
+        Returns only once no group has a live member (or raises after
+        `kill_wait` s more): a SuperExec's app process can outlive its parent
+        for a moment, so waiting on the group leaders alone is not enough.
+        """
         procs = list(reversed(self.processes.values()))  # apps first, SuperLink last
         for proc in procs:
             _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        self._wait_groups_gone(grace)
         for name in self.running_groups():  # stragglers, incl. app processes in a group
-            proc = self.processes[name]
-            _signal_group(proc, signal.SIGKILL)
-            try:
-                proc.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            _signal_group(self.processes[name], signal.SIGKILL)
+        left = self._wait_groups_gone(kill_wait)
+        if left:
+            raise DeploymentError(f"process groups still alive {kill_wait:.0f} s after SIGKILL: {left}")
+
+    def _wait_groups_gone(self, timeout: float) -> list[str]:
+        """Reap the leaders and poll until every group is empty; the names still running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for proc in self.processes.values():
+                proc.popen.poll()  # reap a dead leader, or it stays a zombie in its group
+            left = self.running_groups()
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.1)
 
     def running_groups(self) -> list[str]:
-        """Names of started processes whose process group still has a live member."""
-        left = []
-        for proc in self.processes.values():
-            try:
-                os.killpg(proc.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                continue
-            left.append(proc.name)
-        return left
+        """Names of started processes whose process group still has a live (non-zombie) member."""
+        live = _live_process_groups()
+        return [proc.name for proc in self.processes.values() if proc.pid in live]
 
     def kill_supernode(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Kill SuperNode `index` (1-based) and its ClientApp SuperExec, as a crash would."""
@@ -443,6 +446,26 @@ class LocalDeployment:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
             output = getattr(err, "stderr", b"") or b""
             raise DeploymentError(f"{script.name} failed: {err}\n{output.decode(errors='replace')}") from err
+
+
+def _live_process_groups() -> set[int]:
+    """IDs of the process groups that have a member which is not a zombie (from /proc).
+
+    A zombie (dead, not yet reaped by its parent or init) still answers
+    killpg(pgid, 0), so that probe alone reports finished groups as running.
+    """
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+        if state not in ("Z", "X"):
+            groups.add(int(pgrp))
+    return groups
 
 
 def _signal_group(proc: Process, sig: int) -> None:
