@@ -8,6 +8,8 @@ records (docs/results/<name>/sweep.json + cells/*/record.json, metrics.csv),
   mean of the last `last-rounds` rounds, recomputed here from metrics.csv with
   the csv module alone (not the report code), matches summary.csv;
 - paired differences against FedAvg, recomputed the same way, match paired.csv;
+- "rounds to target" (the first round whose accuracy reaches the spec's
+  target-accuracy, averaged over the seeds that reach it) matches summary.csv;
 - `fedalign report` rebuilt from the records reproduces summary.csv byte for byte;
 - every record ran the configuration sweep.json lists for its cell (rounds, seed, alpha, strategy);
 - a record whose training diverged ran every round up to the one it names and
@@ -126,3 +128,22 @@ def test_report_rebuilt_from_the_records_is_the_committed_one(sweep_dir, tmp_pat
     write_report(copy)
     for name in ("summary.csv", "summary.md"):
         assert (copy / name).read_text() == (sweep_dir / name).read_text(), name
+
+
+@pytest.mark.parametrize("sweep_dir", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_rounds_to_target_recompute_from_metrics_csv(sweep_dir):
+    target = json.loads((sweep_dir / "sweep.json").read_text())["spec"].get("target-accuracy")
+    if target is None:
+        pytest.skip(f"{sweep_dir.name} sets no target-accuracy")
+    reached: dict[tuple[str, str], list[int]] = {}
+    for cell in _cells(sweep_dir):
+        c = json.loads((cell / "record.json").read_text())["cell"]
+        rounds = [int(r["round"]) for r in _rows(cell / "metrics.csv")
+                  if int(r["round"]) > 0 and float(r["accuracy"]) >= target]
+        reached.setdefault((f"{float(c['alpha']):g}", c["strategy"]), []).extend(rounds[:1])
+    for row in _rows(sweep_dir / "summary.csv"):
+        firsts = reached[(row["alpha"], row["strategy"])]
+        assert float(row["target_accuracy"]) == target
+        assert int(row["seeds_reaching_target"]) == len(firsts), row["strategy"]
+        if firsts:
+            assert float(row["rounds_to_target_mean"]) == pytest.approx(statistics.fmean(firsts), abs=1e-9), row["strategy"]
