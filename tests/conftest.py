@@ -15,6 +15,29 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+_MEASURED = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def measured(pytestconfig):
+    """log(line): print a measurement now and again in the closing summary (`pytest -q` hides passing tests' output)."""
+    lines = pytestconfig.stash.setdefault(_MEASURED, [])
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    return log
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(_MEASURED, [])
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture
 def flwr_env(tmp_path, monkeypatch):
     """A run-local FLWR_HOME and free local-SuperLink ports; returns the env dict."""

@@ -432,19 +432,20 @@ def _json_payload(stdout: str) -> dict:
     return json.loads(stdout[start:stdout.rfind("}") + 1])
 
 
-def timed(key: str, fn, *args, **kwargs):
+def timed(measured, key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its wall time reported through conftest's `measured` (shown in CI's summary)."""
     start = time.monotonic()
     try:
         return fn(*args, **kwargs)
     finally:
         TIMINGS[key] = time.monotonic() - start
-        print(f"[compose timing] {key}: {TIMINGS[key]:.1f} s", flush=True)
+        measured(f"[compose timing] {key}: {TIMINGS[key]:.1f} s")
 
 
 @pytest.fixture(scope="module")
-def images():
+def images(measured):
     """docker/build-local-images.sh: builds what is missing, reuses every cached layer."""
-    done = timed("images (build-local-images.sh)", subprocess.run, ["bash", str(BUILD_SCRIPT)],
+    done = timed(measured, "images (build-local-images.sh)", subprocess.run, ["bash", str(BUILD_SCRIPT)],
                  capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-4000:]
     print(done.stderr, flush=True)
@@ -467,7 +468,7 @@ def round_lines(log: str, server_round: int, rounds: int) -> str:
     return log[start:end if end >= 0 else None]
 
 
-def check_model(out: Path, rounds: int) -> float:
+def check_model(out: Path, rounds: int, measured) -> float:
     """Fixed entries bit-identical to the initial model; return the fraction of entries kept."""
     record = json.loads((out / "metrics.json").read_text())
     assert [row["round"] for row in record["rounds"] if row["round"] > 0] == list(range(1, rounds + 1))
@@ -478,8 +479,8 @@ def check_model(out: Path, rounds: int) -> float:
     kept = sum(int((final[n] == initial[n]).sum()) for n in mask.tensors)
     fraction = kept / mask.numel
     rho = float(record["config"]["rho"])
-    print(f"[compose] fixed fraction of the mask {mask.fixed_fraction:.4f}, entries of the final model "
-          f"bit-identical to the initial one {fraction:.4f} (rho {rho})", flush=True)
+    measured(f"[compose] {out.name}: fixed fraction of the mask {mask.fixed_fraction:.4f}, entries of the "
+             f"final model bit-identical to the initial one {fraction:.4f} (rho {rho})")
     assert abs(mask.fixed_fraction - rho) <= 0.02
     assert abs(fraction - rho) <= 0.02  # fixed ones kept, (nearly) all others trained
     return fraction
@@ -488,57 +489,57 @@ def check_model(out: Path, rounds: int) -> float:
 @pytest.mark.docker
 @pytest.mark.slow
 @needs_docker
-def test_compose_tls_and_supernode_auth(images, tmp_path):
+def test_compose_tls_and_supernode_auth(images, tmp_path, measured):
     """with-tls.yml + with-auth.yml, the cert and key scripts, `flwr supernode register`."""
     stack = ComposeStack(tmp_path, ["compose.yml", "with-tls.yml", "with-auth.yml"], tls=True)
     sh("bash", str(DOCKER / "certs" / "generate.sh"), str(stack.certs / "superlink-certificates"))
     sh("bash", str(DOCKER / "certs" / "generate-supernode-keys.sh"), "3", str(stack.certs / "supernode-keys"))
     try:
-        timed("up (TLS + auth): superlink, serverapp", stack.compose, "up", "-d", "superlink", "superexec-serverapp")
+        timed(measured, "up (TLS + auth): superlink, serverapp", stack.compose, "up", "-d", "superlink", "superexec-serverapp")
         stack.wait_for_nodes(0)  # the SuperLink answers over TLS
         for i in (1, 2, 3):
             stack.flwr("supernode", "register", str(stack.certs / "supernode-keys" / f"supernode-{i}.pub"),
                        stack.connection)
-        timed("up (TLS + auth): the rest", stack.compose, "up", "-d")
-        timed("3 registered SuperNodes online", stack.wait_for_nodes, 3)
+        timed(measured, "up (TLS + auth): the rest", stack.compose, "up", "-d")
+        timed(measured, "3 registered SuperNodes online", stack.wait_for_nodes, 3)
         run_id = stack.submit(run_config("tls-auth", rounds=2, min_nodes=3))
-        status = timed("FedPFN 2 rounds, TLS + auth", stack.wait, run_id)
+        status = timed(measured, "FedPFN 2 rounds, TLS + auth", stack.wait, run_id)
         log = stack.run_log(run_id, until="Strategy execution finished")
         assert status == "finished:completed", stack.run_details(run_id)
         for server_round in (1, 2):
             assert "Received 3 results and 0 failures" in round_lines(log, server_round, 2)
-        check_model(stack.copy_out("/app/outputs/tls-auth", tmp_path / "tls-auth"), rounds=2)
+        check_model(stack.copy_out("/app/outputs/tls-auth", tmp_path / "tls-auth"), rounds=2, measured=measured)
     finally:
-        timed("down (TLS + auth)", stack.down)
+        timed(measured, "down (TLS + auth)", stack.down)
         assert stack.leftovers() == []
 
 
 @pytest.fixture(scope="module")
-def insecure_stack(images, tmp_path_factory):
+def insecure_stack(images, tmp_path_factory, measured):
     """docker/compose.yml up -d (3 SuperNodes), torn down with everything it made."""
     stack = ComposeStack(tmp_path_factory.mktemp("compose"), ["compose.yml"], tls=False)
     try:
-        timed("up (compose.yml)", stack.compose, "up", "-d")
-        timed("3 SuperNodes online", stack.wait_for_nodes, 3)
+        timed(measured, "up (compose.yml)", stack.compose, "up", "-d")
+        timed(measured, "3 SuperNodes online", stack.wait_for_nodes, 3)
         yield stack
     finally:
-        timed("down (compose.yml)", stack.down)
+        timed(measured, "down (compose.yml)", stack.down)
         assert stack.leftovers() == []
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @needs_docker
-def test_compose_fedpfn_three_supernodes_three_rounds(insecure_stack, tmp_path):
+def test_compose_fedpfn_three_supernodes_three_rounds(insecure_stack, tmp_path, measured):
     stack = insecure_stack
     run_id = stack.submit(run_config("run1", rounds=3, min_nodes=3))
-    status = timed("FedPFN 3 rounds x 3 SuperNodes", stack.wait, run_id)
+    status = timed(measured, "FedPFN 3 rounds x 3 SuperNodes", stack.wait, run_id)
     log = stack.run_log(run_id, until="Strategy execution finished")
     assert status == "finished:completed", stack.run_details(run_id)
     for server_round in (1, 2, 3):
         assert "Received 3 results and 0 failures" in round_lines(log, server_round, 3)
     out = stack.copy_out("/app/outputs/run1", tmp_path / "run1")
-    check_model(out, rounds=3)
+    check_model(out, rounds=3, measured=measured)
 
 
 def restart_killed_supernodes(stack: ComposeStack) -> None:
@@ -549,7 +550,7 @@ def restart_killed_supernodes(stack: ComposeStack) -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 @needs_docker
-def test_compose_run_goes_on_when_a_supernode_is_killed_and_enough_remain(insecure_stack, tmp_path):
+def test_compose_run_goes_on_when_a_supernode_is_killed_and_enough_remain(insecure_stack, tmp_path, measured):
     stack = insecure_stack
     restart_killed_supernodes(stack)
     run_id = stack.submit(run_config("kill-enough", rounds=2, min_nodes=2))
@@ -558,27 +559,27 @@ def test_compose_run_goes_on_when_a_supernode_is_killed_and_enough_remain(insecu
     before = len(re.findall(r"Receiving: train message", stack.logs("supernode-3")))
     stack.wait_for_log("supernode-3", r"Receiving: train message", count=before + 1)
     sh("docker", "kill", stack.container("supernode-3"))
-    status = timed("kill, min-nodes 2 of 3: run to the end", stack.wait, run_id)
+    status = timed(measured, "kill, min-nodes 2 of 3: run to the end", stack.wait, run_id)
     log = stack.run_log(run_id, until="Strategy execution finished")
     assert status == "finished:completed", stack.run_details(run_id)
     assert "Received 2 results and 1 failures" in round_lines(log, 1, 2)
     assert re.search(r"Sampled 2 nodes \(out of 2\)[\s\S]*Received 2 results and 0 failures",
                      round_lines(log, 2, 2))
-    check_model(stack.copy_out("/app/outputs/kill-enough", tmp_path / "kill-enough"), rounds=2)
-    print(f"[compose] kill, min-nodes=2: run {run_id} {status}", flush=True)
+    check_model(stack.copy_out("/app/outputs/kill-enough", tmp_path / "kill-enough"), rounds=2, measured=measured)
+    measured(f"[compose] kill, min-nodes=2: run {run_id} {status}")
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @needs_docker
-def test_compose_run_fails_clearly_when_a_supernode_is_killed_and_too_few_remain(insecure_stack):
+def test_compose_run_fails_clearly_when_a_supernode_is_killed_and_too_few_remain(insecure_stack, measured):
     stack = insecure_stack
     restart_killed_supernodes(stack)
     run_id = stack.submit(run_config("kill-too-few", rounds=2, min_nodes=3, **{"node-wait-timeout": 10.0}))
     before = len(re.findall(r"Receiving: train message", stack.logs("supernode-3")))
     stack.wait_for_log("supernode-3", r"Receiving: train message", count=before + 1)
     sh("docker", "kill", stack.container("supernode-3"))
-    status = timed("kill, min-nodes 3 of 3: run fails", stack.wait, run_id)
+    status = timed(measured, "kill, min-nodes 3 of 3: run fails", stack.wait, run_id)
     details = stack.run_details(run_id).get("status-details", "")
     assert status == "finished:failed"
     assert "only 2 of the 3 nodes this strategy needs connected within 10 s" in details
@@ -588,4 +589,4 @@ def test_compose_run_fails_clearly_when_a_supernode_is_killed_and_too_few_remain
     files = sh("docker", "exec", stack.container("superexec-serverapp"), "ls", "/app/outputs/kill-too-few",
                check=False)
     assert "final_model.pt" not in files
-    print(f"[compose] kill, min-nodes=3: run {run_id} {status}: {details}", flush=True)
+    measured(f"[compose] kill, min-nodes=3: run {run_id} {status}: {details}")
