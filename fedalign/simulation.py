@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedalign import simulated_nodes, warm_ray
 from fedalign.config import resolve
+from fedalign.light_actor import light_actors
 from fedalign.quick_poll import quick_polling
 from fedalign.server_app import RoundCallback
 
@@ -49,8 +50,13 @@ def simulate(
     }
     # Partitions computed here land in the disk cache, so the actors read them
     # instead of each importing flwr-datasets (~120 MB per actor; fedalign.datasets.cache).
-    partitions_for(config, int(num_supernodes))
-    with quick_polling(), simulated_nodes.recorded_partitions():
+    partitions = partitions_for(config, int(num_supernodes))
+    # Local training is per example: the largest partitions are dispatched first (fedalign.quick_poll).
+    with (
+        quick_polling(work_of=lambda pid: len(partitions[pid])),
+        light_actors(),  # actors without Flower's server-side imports (~47 MiB each)
+        simulated_nodes.recorded_partitions(),
+    ):
         run_simulation(
             server_app=build_server_app(config, on_round=on_round),
             client_app=build_client_app(config),

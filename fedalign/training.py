@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fedalign.allocator import reuses_heap
 from fedalign.errors import UsageError
 from fedalign.masked_optim import mask_optimizer
 from fedalign.masks import SubspaceMask
@@ -58,6 +59,7 @@ def seeded_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+@reuses_heap  # activation buffers are reused across steps, not re-faulted (fedalign.allocator)
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -108,6 +110,7 @@ def train(
     return total / max(count, 1)
 
 
+@reuses_heap
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on `loader`."""

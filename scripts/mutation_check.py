@@ -176,6 +176,34 @@ MUTANTS = (
         "",
         ("tests/test_sweep_report.py::test_diverged_seeds_are_counted_not_averaged",),
     ),
+    Mutant(
+        "heap-thresholds-not-set",
+        "fedalign/allocator.py",
+        "return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(",
+        "return bool(mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(",
+        ("tests/test_allocator.py::test_tuned_heap_reuses_step_buffers_where_glibc_defaults_refault_them",),
+    ),
+    Mutant(
+        "heap-not-handed-back",
+        "fedalign/allocator.py",
+        "        finally:\n            release_free_heap()\n",
+        "        finally:\n            pass\n",
+        ("tests/test_allocator.py::test_a_wrapped_call_hands_the_free_heap_back",),
+    ),
+    Mutant(
+        "dispatch-not-largest-first",
+        "fedalign/quick_poll.py",
+        "found.sort(key=lambda item: -work_of(int(nodes_mapping[item[0]])))",
+        "found.sort(key=lambda item: work_of(int(nodes_mapping[item[0]])))",
+        ("tests/test_quick_poll.py::test_largest_partition_first_ties_keep_node_order",),
+    ),
+    Mutant(
+        "flowers-heavy-actor",
+        "fedalign/simulation.py",
+        "        light_actors(),  # actors without Flower's server-side imports (~47 MiB each)\n",
+        "",
+        ("tests/test_simulation.py::test_fedpfn_ten_nodes_half_participation",),
+    ),
 )  # fmt: skip
 
 

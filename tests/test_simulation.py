@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedalign import simulation
+from fedalign.config import resolve
 from fedalign.masks import SubspaceMask, fixed_entries_equal
+from fedalign.run_setup import partitions_for
 from fedalign.simulation import simulate
 from fedalign.strategies import NotEnoughNodesError
 
@@ -18,14 +21,29 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def test_fedpfn_ten_nodes_half_participation(tmp_path, flwr_env):
+def test_fedpfn_ten_nodes_half_participation(tmp_path, flwr_env, monkeypatch):
     """5 rounds, 10 nodes, fraction 0.5: fixed entries exact; mask sent once per node."""
     out = tmp_path / "run"
-    record = simulate(
-        {"strategy": "fedpfn", "num-rounds": 5, "fraction-train": 0.5, "min-nodes": 5,
-         "alpha": 0.5, "output-dir": str(out)},
-        num_supernodes=10,
-    )
+    dispatch = {}
+    real_polling = simulation.quick_polling
+
+    def noting_polling(work_of=None):
+        dispatch["work_of"] = work_of
+        return real_polling(work_of=work_of)
+
+    monkeypatch.setattr(simulation, "quick_polling", noting_polling)
+    cfg = {"strategy": "fedpfn", "num-rounds": 5, "fraction-train": 0.5, "min-nodes": 5,
+           "alpha": 0.5, "output-dir": str(out)}  # fmt: skip
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedalign.light_actor import ClientAppActor
+
+    actor_classes = []  # the class Flower's backend spawns actors from, seen while the run is on
+    record = simulate(cfg, num_supernodes=10, on_round=lambda row: actor_classes.append(raybackend.ClientAppActor))
+    assert actor_classes and all(cls is ClientAppActor for cls in actor_classes)
+    # the engine dispatches the largest partitions first: their sizes are the work estimate
+    sizes = [len(p) for p in partitions_for(resolve(cfg), 10)]
+    assert len(set(sizes)) > 1 and [dispatch["work_of"](pid) for pid in range(10)] == sizes
     mask = SubspaceMask.from_bytes((out / "mask.bin").read_bytes())
     assert mask.digest == record["mask"]["digest"]
     assert abs(mask.fixed_fraction - 0.4) < 0.01
